@@ -1,0 +1,3 @@
+"""tiforge: Textual Inversion training for Stable Diffusion."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,347 @@
+"""Typed training configuration, compatible with invoke-training's `SdTextualInversionConfig` YAML.
+
+Everything a user can get wrong is checked here, before any model is loaded, and reported all at
+once with the field path at fault.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
+ReportTo = Literal[
+    "all", "none", "tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio"
+]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are refused: a misspelt option silently ignored costs a user hours of training.
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+class ImageDirDatasetConfig(_Strict):
+    """A folder of images; captions come from `caption_preset` / `caption_templates`."""
+
+    type: Literal["IMAGE_DIR_DATASET"] = "IMAGE_DIR_DATASET"
+    dataset_dir: str
+    keep_in_memory: bool = False
+
+
+class ImageCaptionDirDatasetConfig(_Strict):
+    """A folder of images, each with a same-name `.txt` caption file."""
+
+    type: Literal["IMAGE_CAPTION_DIR_DATASET"] = "IMAGE_CAPTION_DIR_DATASET"
+    dataset_dir: str
+    keep_in_memory: bool = False
+    caption_extension: str = ".txt"
+
+
+DatasetConfig = Annotated[Union[ImageDirDatasetConfig, ImageCaptionDirDatasetConfig], Field(discriminator="type")]
+
+
+class AspectRatioBucketConfig(_Strict):
+    target_resolution: int
+    start_dim: int
+    end_dim: int
+    divisible_by: int
+
+
+class TextualInversionSDDataLoaderConfig(_Strict):
+    type: Literal["TEXTUAL_INVERSION_SD_DATA_LOADER"] = "TEXTUAL_INVERSION_SD_DATA_LOADER"
+    dataset: DatasetConfig
+    caption_preset: Literal["object", "style"] | None = None
+    caption_templates: list[str] | None = None
+    keep_original_captions: bool = False
+    aspect_ratio_buckets: AspectRatioBucketConfig | None = None
+    resolution: int | tuple[int, int] = 512
+    center_crop: bool = True
+    random_flip: bool = False
+    shuffle_caption_delimiter: str | None = None
+    dataloader_num_workers: int = Field(0, ge=0)
+
+    @field_validator("caption_templates")
+    @classmethod
+    def _one_slot_per_template(cls, templates: list[str] | None) -> list[str] | None:
+        if templates is not None:
+            if not templates:
+                raise ValueError("caption_templates is empty; give at least one template such as 'a photo of a {}'")
+            bad = [t for t in templates if t.count("{}") != 1]
+            if bad:
+                raise ValueError(f"each caption template needs exactly one '{{}}' slot for the placeholder; fix: {bad}")
+        return templates
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, res: int | tuple[int, int]) -> int | tuple[int, int]:
+        sizes = (res, res) if isinstance(res, int) else res
+        if any(s <= 0 or s % 8 for s in sizes):
+            raise ValueError(f"resolution must be positive and a multiple of 8 (the VAE downsamples by 8), got {res}")
+        return res
+
+    @property
+    def height_width(self) -> tuple[int, int]:
+        return (self.resolution, self.resolution) if isinstance(self.resolution, int) else tuple(self.resolution)
+
+
+# ------------------------------------------------------------------------------------ optimizer
+
+
+class AdamWOptimizerConfig(_Strict):
+    optimizer_type: Literal["AdamW"] = "AdamW"
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    epsilon: float = Field(1e-8, gt=0)
+
+
+class ProdigyOptimizerConfig(_Strict):
+    optimizer_type: Literal["Prodigy"]
+    learning_rate: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    use_bias_correction: bool = False
+    safeguard_warmup: bool = False
+
+
+OptimizerConfig = Annotated[Union[AdamWOptimizerConfig, ProdigyOptimizerConfig], Field(discriminator="optimizer_type")]
+
+
+# --------------------------------------------------------------------------------------- config
+
+
+class SdTextualInversionConfig(_Strict):
+    # invoke-training has used both spellings over its releases; both mean the same pipeline.
+    type: Literal["SD_TEXTUAL_INVERSION", "TEXTUAL_INVERSION_SD"] = "SD_TEXTUAL_INVERSION"
+
+    seed: int | None = None
+    base_output_dir: str
+    report_to: ReportTo | None = "tensorboard"
+
+    max_train_steps: int | None = Field(None, gt=0)
+    max_train_epochs: int | None = Field(None, gt=0)
+    save_every_n_steps: int | None = Field(None, gt=0)
+    save_every_n_epochs: int | None = Field(None, gt=0)
+    validate_every_n_steps: int | None = Field(None, gt=0)
+    validate_every_n_epochs: int | None = Field(None, gt=0)
+
+    model: str
+    hf_variant: str | None = "fp16"
+    single_file_config: str | None = None
+    """A local diffusers-format folder holding the component configs and tokenizer for a single-file
+    `model`; without it diffusers fetches them from the hub, which fails offline."""
+
+    num_vectors: int = Field(1, ge=1, le=75)
+    placeholder_token: str
+    initializer_token: str | None = None
+    initial_embedding_file: str | None = None
+    initial_phrase: str | None = None
+
+    optimizer: OptimizerConfig = Field(default_factory=AdamWOptimizerConfig)
+    scale_lr: bool = False
+    """Multiply the learning rate by processes x batch size x gradient accumulation (diffusers and InvokeAI)."""
+    lr_scheduler: LrScheduler = "constant"
+    lr_warmup_steps: int = Field(0, ge=0)
+    lr_num_cycles: int = Field(1, ge=1)
+    lr_power: float = 1.0
+
+    min_snr_gamma: float | None = Field(5.0, gt=0)
+    cache_vae_outputs: bool = False
+    enable_cpu_offload_during_validation: bool = False
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    weight_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
+    xformers: bool = False
+    gradient_checkpointing: bool = False
+    max_checkpoints: int | None = Field(None, ge=1)
+    prediction_type: Literal["epsilon", "v_prediction"] | None = None
+    max_grad_norm: float | None = Field(None, gt=0)
+
+    validation_prompts: list[str] = Field(default_factory=list)
+    negative_validation_prompts: list[str] | None = None
+    num_validation_images_per_prompt: int = Field(4, ge=1)
+    num_validation_inference_steps: int = Field(25, ge=1)
+    validation_guidance_scale: float = Field(7.5, ge=0)
+
+    train_batch_size: int = Field(4, ge=1)
+    use_masks: bool = False
+    data_loader: TextualInversionSDDataLoaderConfig
+
+    @field_validator("placeholder_token")
+    @classmethod
+    def _placeholder_is_one_word(cls, token: str) -> str:
+        if not token.strip():
+            raise ValueError("placeholder_token is empty; choose a unique word such as '<my-concept>'")
+        if any(ch.isspace() for ch in token):
+            raise ValueError(f"placeholder_token {token!r} contains whitespace; use one word such as '<my-concept>'")
+        return token
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> "SdTextualInversionConfig":
+        problems: list[str] = []
+        init = {
+            "initializer_token": self.initializer_token,
+            "initial_embedding_file": self.initial_embedding_file,
+            "initial_phrase": self.initial_phrase,
+        }
+        chosen = [k for k, v in init.items() if v is not None]
+        if len(chosen) != 1:
+            problems.append(
+                "initializer_token / initial_embedding_file / initial_phrase: set exactly one"
+                + (f" (got {', '.join(chosen)})" if chosen else " (none is set)")
+            )
+        for a, b, what in [
+            ("max_train_steps", "max_train_epochs", "how long to train"),
+            ("save_every_n_steps", "save_every_n_epochs", "how often to save"),
+            ("validate_every_n_steps", "validate_every_n_epochs", "how often to validate"),
+        ]:
+            if getattr(self, a) is not None and getattr(self, b) is not None:
+                problems.append(f"{a} / {b}: both are set; set only one to say {what}")
+        if self.max_train_steps is None and self.max_train_epochs is None:
+            problems.append("max_train_steps / max_train_epochs: set one of them to say how long to train")
+        if self.negative_validation_prompts is not None and len(self.negative_validation_prompts) != len(
+            self.validation_prompts
+        ):
+            problems.append(
+                f"negative_validation_prompts: has {len(self.negative_validation_prompts)} entries but "
+                f"validation_prompts has {len(self.validation_prompts)}; give one negative prompt per prompt"
+            )
+        dl = self.data_loader
+        if self.cache_vae_outputs and (dl.random_flip or not dl.center_crop):
+            on = [n for n, v in [("random_flip: true", dl.random_flip), ("center_crop: false", not dl.center_crop)] if v]
+            problems.append(
+                "cache_vae_outputs: cannot cache VAE outputs while a random augmentation is on "
+                f"(data_loader.{' and data_loader.'.join(on)}); every epoch would need new latents. "
+                "Turn the augmentation off or set cache_vae_outputs: false"
+            )
+        if dl.caption_preset is not None and dl.caption_templates is not None:
+            problems.append("data_loader.caption_preset / data_loader.caption_templates: set only one")
+        has_templates = dl.caption_preset is not None or dl.caption_templates is not None
+        if dl.dataset.type == "IMAGE_DIR_DATASET" and not has_templates:
+            problems.append(
+                "data_loader.caption_preset: an IMAGE_DIR_DATASET has no captions, so set caption_preset "
+                "(object or style) or caption_templates"
+            )
+        if dl.keep_original_captions and not (dl.dataset.type == "IMAGE_CAPTION_DIR_DATASET" and has_templates):
+            problems.append(
+                "data_loader.keep_original_captions: only applies to an IMAGE_CAPTION_DIR_DATASET together "
+                "with caption_preset or caption_templates"
+            )
+        if dl.aspect_ratio_buckets is not None:
+            problems.append(
+                "data_loader.aspect_ratio_buckets: aspect-ratio bucketing is not supported by this tiforge "
+                "version yet; remove it to train at the fixed data_loader.resolution"
+            )
+        if self.use_masks:
+            problems.append("use_masks: masked loss is not supported by this tiforge version yet; set it to false")
+        if self.validation_prompts and self.validate_every_n_steps is None and self.validate_every_n_epochs is None:
+            pass  # validation then runs once, at the end of training
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    # -- derived values used by the recipe ------------------------------------------------------
+
+    @property
+    def learning_rate(self) -> float:
+        return self.optimizer.learning_rate
+
+
+TrainConfig = SdTextualInversionConfig
+
+# Where users coming from other tools usually put these keys, for "did you mean" hints.
+_MOVED_KEYS = {
+    "learning_rate": "optimizer.learning_rate",
+    "resolution": "data_loader.resolution",
+    "center_crop": "data_loader.center_crop",
+    "random_flip": "data_loader.random_flip",
+    "caption_preset": "data_loader.caption_preset",
+    "learnable_property": "data_loader.caption_preset",
+    "dataset_dir": "data_loader.dataset.dataset_dir",
+    "train_data_dir": "data_loader.dataset.dataset_dir",
+    "optimizer_type": "optimizer.optimizer_type",
+    "pretrained_model_name_or_path": "model",
+    "output_dir": "base_output_dir",
+}
+
+
+class ConfigError(ValueError):
+    """A config a user must fix; the message lists every problem with its field path."""
+
+
+def _hint(path: tuple[Any, ...]) -> str:
+    name = str(path[-1]) if path else ""
+    if name in _MOVED_KEYS:
+        return f" (did you mean {_MOVED_KEYS[name]}?)"
+    known = set(SdTextualInversionConfig.model_fields) | set(TextualInversionSDDataLoaderConfig.model_fields)
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines: list[str] = []
+    for e in err.errors():
+        # Union members add their class name to the path; users only know the YAML keys.
+        path = tuple(p for p in e["loc"] if not (isinstance(p, str) and (p[:1].isupper() or p.startswith("function-"))))
+        where = ".".join(str(p) for p in path)
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - {where}: unknown field{_hint(path)}")
+        elif e["type"] == "value_error" and not path:
+            for msg in str(e["ctx"]["error"]).splitlines():
+                lines.append(f"  - {msg}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            quiet = e["type"] in ("missing", "value_error") or isinstance(got, dict)
+            lines.append(f"  - {where}: {msg}{'' if quiet else f' (got {got!r})'}")
+    return "\n".join([f"{source}: the config has {len(lines)} problem(s):", *lines])
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set optimizer.learning_rate=5e-4")
+    key, _, raw = item.partition("=")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[keys[-1]] = value
+    return data
+
+
+def config_from_dict(data: dict, source: str = "config") -> SdTextualInversionConfig:
+    try:
+        return SdTextualInversionConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> SdTextualInversionConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config fields at the top level")
+    return config_from_dict(apply_overrides(data, overrides or []), str(path))
+
+
+def dump_config(config: SdTextualInversionConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,67 @@
+"""The denoising loss of textual inversion: noise the latents, predict, compare.
+
+Kept free of model loading and data so that it can be tested on its own with fixed noise and
+timesteps.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def sample_latents(latent_params: torch.Tensor, scaling_factor: float, generator=None) -> torch.Tensor:
+    """Draw latents from a cached VAE distribution (mean and log-variance stacked on channels)."""
+    mean, logvar = latent_params.chunk(2, dim=1)
+    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return (mean + std * noise) * scaling_factor
+
+
+def training_target(noise_scheduler, latents, noise, timesteps, prediction_type: str) -> torch.Tensor:
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
+def snr(noise_scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    return alphas_cumprod / (1.0 - alphas_cumprod)
+
+
+def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma (arXiv:2303.09556): per-sample weights that cap the pull of low-noise steps.
+
+    For v-prediction the loss is already scaled by (snr + 1) relative to epsilon, hence the divisor.
+    """
+    s = snr(noise_scheduler, timesteps)
+    capped = torch.clamp(s, max=gamma)
+    return capped / (s + 1.0) if prediction_type == "v_prediction" else capped / s.clamp(min=1e-8)
+
+
+def denoising_loss(
+    unet,
+    noise_scheduler,
+    latents: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    *,
+    prediction_type: str,
+    min_snr_gamma: float | None,
+    noise: torch.Tensor | None = None,
+    timesteps: torch.Tensor | None = None,
+    unet_kwargs: dict | None = None,
+) -> torch.Tensor:
+    batch = latents.shape[0]
+    if noise is None:
+        noise = torch.randn_like(latents)
+    if timesteps is None:
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), device=latents.device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    pred = unet(noisy, timesteps, encoder_hidden_states, return_dict=False, **(unet_kwargs or {}))[0]
+    target = training_target(noise_scheduler, latents, noise, timesteps, prediction_type)
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))
+    if min_snr_gamma is not None:
+        per_sample = per_sample * min_snr_weights(noise_scheduler, timesteps, min_snr_gamma, prediction_type)
+    return per_sample.mean()
