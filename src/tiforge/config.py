@@ -174,6 +174,13 @@ class SdTextualInversionConfig(_Strict):
     use_masks: bool = False
     data_loader: TextualInversionSDDataLoaderConfig
 
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _adamw_by_default(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "optimizer_type" not in value:
+            return {"optimizer_type": "AdamW", **value}
+        return value
+
     @field_validator("placeholder_token")
     @classmethod
     def _placeholder_is_one_word(cls, token: str) -> str:
@@ -308,7 +315,14 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set optimizer.learning_rate=5e-4")
     key, _, raw = item.partition("=")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    value = yaml.safe_load(raw) if raw.strip() else None
+    if isinstance(value, str):
+        # YAML 1.1 reads "5e-4" (no dot) as a string; users mean a number.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip().split("."), value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -1,0 +1,143 @@
+import textwrap
+
+import pytest
+import yaml
+
+from tiforge.cli import _example_config, main
+from tiforge.config import ConfigError, apply_overrides, config_from_dict, load_config
+
+from conftest import base_config
+
+# The shape of invoke-training's sample SD textual-inversion config (minus bucketing).
+INVOKE_TRAINING_YAML = """
+type: SD_TEXTUAL_INVERSION
+seed: 1
+base_output_dir: output/sd_ti_bruce_the_gnome
+optimizer:
+  optimizer_type: AdamW
+  learning_rate: 4e-3
+lr_warmup_steps: 200
+lr_scheduler: cosine
+data_loader:
+  type: TEXTUAL_INVERSION_SD_DATA_LOADER
+  dataset:
+    type: IMAGE_DIR_DATASET
+    dataset_dir: "sample_data/bruce_the_gnome"
+    keep_in_memory: True
+  caption_preset: object
+  resolution: 512
+  center_crop: True
+  random_flip: False
+  shuffle_caption_delimiter: null
+  dataloader_num_workers: 4
+model: runwayml/stable-diffusion-v1-5
+num_vectors: 4
+placeholder_token: "bruce_the_gnome"
+initializer_token: "gnome"
+cache_vae_outputs: False
+gradient_accumulation_steps: 1
+mixed_precision: fp16
+gradient_checkpointing: True
+max_train_steps: 2000
+save_every_n_steps: 200
+validate_every_n_steps: 200
+max_checkpoints: 20
+validation_prompts:
+  - A photo of bruce_the_gnome at the beach
+  - A photo of bruce_the_gnome reading a book
+train_batch_size: 1
+num_validation_images_per_prompt: 3
+"""
+
+
+def test_invoke_training_sample_config_loads_as_is(tmp_path):
+    path = tmp_path / "gnome.yaml"
+    path.write_text(INVOKE_TRAINING_YAML)
+    cfg = load_config(path)
+    assert cfg.optimizer.learning_rate == 4e-3
+    assert cfg.data_loader.dataset.keep_in_memory is True
+    assert cfg.num_vectors == 4 and cfg.lr_scheduler == "cosine"
+
+
+def test_example_config_is_valid_and_documented():
+    text = _example_config()
+    assert text.count("#") > 40, "the example should explain its fields"
+    cfg = config_from_dict(yaml.safe_load(text), "example")
+    assert cfg.placeholder_token == "<my-concept>"
+
+
+def test_all_problems_reported_at_once_with_field_paths():
+    data = {
+        "base_output_dir": "o",
+        "model": "m",
+        "placeholder_token": "<x>",
+        "learning_rate": 1.0,
+        "num_vectors": "four",
+        "data_loader": {"dataset": {"type": "IMAGE_DIR_DATASET"}, "resolution": 33},
+    }
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data, "my.yaml")
+    msg = str(err.value)
+    assert "my.yaml: the config has 4 problem(s)" in msg
+    assert "learning_rate: unknown field (did you mean optimizer.learning_rate?)" in msg
+    assert "num_vectors:" in msg
+    assert "data_loader.dataset.dataset_dir: Field required" in msg
+    assert "data_loader.resolution: resolution must be positive and a multiple of 8" in msg
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"initial_phrase": "a b"}, "set exactly one (got initializer_token, initial_phrase)"),
+        ({"max_train_epochs": 3}, "max_train_steps / max_train_epochs: both are set"),
+        ({"max_train_steps": None}, "set one of them to say how long to train"),
+        ({"save_every_n_steps": 1, "save_every_n_epochs": 1}, "save_every_n_steps / save_every_n_epochs"),
+        ({"validate_every_n_steps": 1, "validate_every_n_epochs": 1}, "validate_every_n_steps / validate_every_n_epochs"),
+        (
+            {"validation_prompts": ["a", "b"], "negative_validation_prompts": ["x"]},
+            "negative_validation_prompts: has 1 entries but validation_prompts has 2",
+        ),
+        ({"cache_vae_outputs": True, "data_loader__random_flip": True}, "data_loader.random_flip: true"),
+        ({"cache_vae_outputs": True, "data_loader__center_crop": False}, "data_loader.center_crop: false"),
+        ({"data_loader__caption_preset": None}, "an IMAGE_DIR_DATASET has no captions"),
+        ({"data_loader__caption_templates": ["a {}"]}, "caption_preset / data_loader.caption_templates: set only one"),
+        ({"data_loader__keep_original_captions": True}, "keep_original_captions: only applies"),
+        ({"placeholder_token": "two words"}, "contains whitespace"),
+        ({"data_loader__caption_preset": None, "data_loader__caption_templates": ["no slot"]}, "exactly one '{}' slot"),
+        ({"use_masks": True}, "use_masks"),
+    ],
+)
+def test_cross_field_rules(tmp_path, overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(base_config(tmp_path, tmp_path, tmp_path, **overrides))
+    assert expected in str(err.value)
+
+
+def test_set_overrides_parse_values_and_nest():
+    data = apply_overrides({"optimizer": {"learning_rate": 1}}, ["optimizer.learning_rate=5e-4", "seed=7", "x.y.z=true"])
+    assert data["optimizer"]["learning_rate"] == 5e-4 and data["seed"] == 7 and data["x"]["y"]["z"] is True
+
+
+def test_cli_print_config_applies_set(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path, tmp_path, tmp_path)))
+    assert main(["train", str(path), "--set", "optimizer.learning_rate=0.25", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optimizer"]["learning_rate"] == 0.25
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(textwrap.dedent("""
+        base_output_dir: o
+        model: m
+        placeholder_token: "<x>"
+        initializer_token: toy
+        max_train_steps: 3
+        data_loader: {dataset: {type: IMAGE_DIR_DATASET, dataset_dir: d}, caption_preset: object}
+        train_data_dir: here
+    """))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "train_data_dir: unknown field (did you mean data_loader.dataset.dataset_dir?)" in err
+    assert "Traceback" not in err
