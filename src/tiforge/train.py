@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -35,6 +37,18 @@ from .validation import generate_validation_images, log_validation_images
 log = logging.getLogger("tiforge")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What the loop reports after each optimizer step (progress views, benchmarks)."""
+
+    step: int
+    max_steps: int
+    epoch: int
+    loss: float
+    lr: float
+    seconds: float  # this step's own time: data, forward, backward, update; not saving or validating
 
 
 @dataclass
@@ -72,7 +86,11 @@ def _add_file_log(run_dir: Path) -> None:
     logging.getLogger("tiforge").setLevel(logging.INFO)
 
 
-def train(config: SdTextualInversionConfig, progress: bool = True) -> TrainResult:
+def train(
+    config: SdTextualInversionConfig,
+    progress: bool = True,
+    on_step: Callable[[StepInfo], None] | None = None,
+) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
@@ -222,6 +240,8 @@ def train(config: SdTextualInversionConfig, progress: bool = True) -> TrainResul
     scaling_factor = parts.vae.config.scaling_factor
     bar = tqdm(total=max_steps, desc="training", disable=not (main and progress), dynamic_ncols=True)
     global_step = 0
+    window_loss, window_batches = torch.zeros((), device=device), 0  # loss averaged over accumulation
+    step_started = time.perf_counter()
     for epoch in range(1, num_epochs + 1):
         text_encoder.train(config.gradient_checkpointing)
         for batch in dataloader:
@@ -238,6 +258,8 @@ def train(config: SdTextualInversionConfig, progress: bool = True) -> TrainResul
                     prediction_type=prediction_type, min_snr_gamma=config.min_snr_gamma,
                 )
                 accelerator.backward(loss)
+                window_loss += loss.detach().float()
+                window_batches += 1
                 if accelerator.sync_gradients and config.max_grad_norm is not None:
                     accelerator.clip_grad_norm_([embedding.vectors], config.max_grad_norm)
                 optimizer.step()
@@ -247,17 +269,23 @@ def train(config: SdTextualInversionConfig, progress: bool = True) -> TrainResul
             if not accelerator.sync_gradients:
                 continue
             global_step += 1
-            result.final_loss = loss.detach().item()
+            result.final_loss = (window_loss / window_batches).item()
+            window_loss.zero_()
+            window_batches = 0
+            step_seconds = time.perf_counter() - step_started
             logs = {"loss": result.final_loss, "lr": lr_scheduler.get_last_lr()[0]}
             accelerator.log(logs, step=global_step)
             bar.update(1)
             bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", epoch=epoch)
+            if on_step is not None and main:
+                on_step(StepInfo(global_step, max_steps, epoch, logs["loss"], logs["lr"], step_seconds))
             if config.save_every_n_steps and global_step % config.save_every_n_steps == 0 and global_step < max_steps:
                 checkpoint("step", global_step, global_step)
             if config.validate_every_n_steps and global_step % config.validate_every_n_steps == 0 and global_step < max_steps:
                 validate(f"step_{global_step:08d}", global_step)
             if global_step >= max_steps:
                 break
+            step_started = time.perf_counter()
         last_epoch = global_step >= max_steps
         if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and not last_epoch:
             checkpoint("epoch", epoch, global_step)
@@ -265,6 +293,7 @@ def train(config: SdTextualInversionConfig, progress: bool = True) -> TrainResul
             validate(f"epoch_{epoch:04d}", global_step)
         if last_epoch:
             break
+        step_started = time.perf_counter()
     bar.close()
     result.global_step = global_step
 

@@ -1,0 +1,53 @@
+"""Random-weight pipelines for benchmarks, saved once in the tiforge cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from tiforge.clip_tokenizer import cache_dir, load_clip_tokenizer
+from tiforge.tiny import save_tiny_pipeline
+
+
+def _build_sd15_random(seed: int = 0):
+    """The SD 1.5 architecture (UNet 860M, CLIP ViT-L text encoder, KL VAE) with random weights."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(cross_attention_dim=768, sample_size=64)  # diffusers' defaults are SD 1.x
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768, bos_token_id=49406, eos_token_id=49407,
+    ))
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=load_clip_tokenizer(), unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def model_dir(size: str) -> Path:
+    target = cache_dir() / "bench" / f"{size}-v1"
+    if (target / "model_index.json").is_file():
+        return target
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if size == "tiny":
+        save_tiny_pipeline(tmp, "sd1")
+    elif size == "sd15":
+        _build_sd15_random().save_pretrained(tmp, safe_serialization=True)
+    else:
+        raise ValueError(f"unknown model size {size!r}")
+    os.replace(tmp, target)
+    return target

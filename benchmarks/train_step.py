@@ -1,0 +1,132 @@
+"""Training-step speed and memory of tiforge against the bare cost of textual inversion.
+
+Every TI trainer must run the text encoder forward and backward (to reach the new vectors) and the
+UNet forward and backward (to the encoder states). That "bare" cost is measured in the same process,
+interleaved step by step with tiforge's real training loop (cached latents, batch 1), so machine
+drift hits both alike. The ratio step/bare is tiforge's overhead; target: at most 1.05 at full size.
+
+    python benchmarks/train_step.py                 # tiny and full SD 1.5 architecture
+    python benchmarks/train_step.py --sizes tiny    # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+RESOLUTION = {"tiny": 64, "sd15": 256}
+
+
+def _peak_memory_gib() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+class BareStep:
+    """Text encoder fwd+bwd (to its input embeddings) + UNet fwd+bwd, with frozen weights."""
+
+    def __init__(self, model: str, resolution: int, device: torch.device):
+        from tiforge.model_loading import load_sd_components
+
+        parts = load_sd_components(model)
+        self.te, self.unet, self.sched = parts.text_encoder.to(device), parts.unet.to(device), parts.noise_scheduler
+        for m in (self.te, self.unet):
+            m.requires_grad_(False)
+        # Gradients must flow back through the whole text encoder, as in training, but no further.
+        self.te.get_input_embeddings().register_forward_hook(lambda mod, inp, out: out.detach().requires_grad_(True))
+        self.ids = parts.tokenizer("a photo of a toy", padding="max_length", max_length=77,
+                                   return_tensors="pt").input_ids.to(device)
+        factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)
+        self.latents = torch.randn(1, 4, resolution // factor, resolution // factor, device=device)
+        self.device = device
+
+    def __call__(self) -> float:
+        start = time.perf_counter()
+        hidden = self.te(self.ids)[0]
+        noise = torch.randn_like(self.latents)
+        t = torch.randint(0, 1000, (1,), device=self.device)
+        pred = self.unet(self.sched.add_noise(self.latents, noise, t), t, hidden).sample
+        torch.nn.functional.mse_loss(pred, noise).backward()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+
+def worker(size: str, steps: int) -> dict:
+    from PIL import Image
+
+    from _models import model_dir
+    from tiforge.config import config_from_dict
+    from tiforge.train import train
+
+    model = str(model_dir(size))
+    res = RESOLUTION[size]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    data = Path(tempfile.mkdtemp()) / "img"
+    data.mkdir()
+    Image.new("RGB", (res, res), (200, 80, 40)).save(data / "a.png")
+    cfg = config_from_dict({
+        "seed": 0, "base_output_dir": tempfile.mkdtemp(), "report_to": "none", "model": model,
+        "placeholder_token": "<bench>", "initializer_token": "toy", "num_vectors": 4,
+        "max_train_steps": steps + 1, "train_batch_size": 1, "cache_vae_outputs": True,
+        "data_loader": {"dataset": {"type": "IMAGE_DIR_DATASET", "dataset_dir": str(data)},
+                        "caption_preset": "object", "resolution": res},
+    })
+    trainer_times, bare_times, state = [], [], {}
+
+    def on_step(info):
+        if info.step == 1:  # the first step reads weights and warms caches: not counted
+            state["peak"] = _peak_memory_gib()
+            state["bare"] = BareStep(model, res, device)
+            state["bare"]()  # its own warm-up
+            return
+        trainer_times.append(info.seconds)
+        bare_times.append(state["bare"]())
+
+    train(cfg, progress=False, on_step=on_step)
+    step, bare = statistics.median(trainer_times), statistics.median(bare_times)
+    return {"size": size, "resolution": res, "device": device.type, "steps": steps, "step_s": step, "bare_s": bare,
+            "ratio": step / bare, "peak_gib": state["peak"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="tiny,sd15", help="comma-separated: tiny, sd15")
+    parser.add_argument("--steps", type=int, default=None, help="measured steps (default 20 tiny, 5 sd15)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.steps)))
+        return
+    rows = []
+    for size in args.sizes.split(","):
+        steps = args.steps or (20 if size == "tiny" else 5)
+        # One process per size, so peak memory is that model's alone.
+        out = subprocess.run([sys.executable, __file__, "--worker", size, "--steps", str(steps)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"{size} failed:\n{out.stderr[-3000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print()
+    print(f"{'model':<8} {'px':>5} {'device':>6} {'steps':>5} {'step s':>9} {'bare s':>9} {'step/bare':>9} {'peak GiB':>9}")
+    for r in rows:
+        print(f"{r['size']:<8} {r['resolution']:>5} {r['device']:>6} {r['steps']:>5} {r['step_s']:>9.4f} "
+              f"{r['bare_s']:>9.4f} {r['ratio']:>9.3f} {r['peak_gib']:>9.2f}")
+    print("\nbare = text encoder fwd+bwd + UNet fwd+bwd with frozen weights (the floor for any TI trainer);"
+          "\nstep = tiforge's full training step (noise, loss, Min-SNR, optimizer, scheduler, logging); medians.")
+
+
+if __name__ == "__main__":
+    main()
