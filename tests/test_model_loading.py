@@ -62,3 +62,13 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="could not fetch it from the Hugging Face hub"):
         load_sd_components("someone/some-model-that-is-not-cached")
+
+
+def test_ckpt_single_file(tiny_sd1, single_file_sd1, tmp_path):
+    from safetensors.torch import load_file
+
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": load_file(single_file_sd1), "global_step": 1}, ckpt)
+    parts = load_sd_components(str(ckpt), single_file_config=str(tiny_sd1))
+    folder = load_sd_components(str(tiny_sd1))
+    assert torch.equal(parts.unet.conv_in.weight, folder.unet.conv_in.weight)

@@ -185,3 +185,24 @@ def test_fp16_mixed_precision_without_gpu_is_a_clear_error(tiny_sd1, image_dir, 
         pytest.skip("a GPU is present")
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
         run(base_config(tiny_sd1, image_dir, tmp_path / "out", mixed_precision="fp16"))
+
+
+def test_validate_every_n_epochs_and_cpu_offload_flag(tiny_sd1, image_dir, tmp_path):
+    cfg = base_config(tiny_sd1, image_dir, tmp_path / "out", max_train_steps=None, max_train_epochs=2,
+                      validate_every_n_epochs=1, validation_prompts=["a <thing>"], num_validation_images_per_prompt=1,
+                      num_validation_inference_steps=2, enable_cpu_offload_during_validation=True,
+                      cache_vae_outputs=True)
+    result = run(cfg)
+    assert [d.name for d in result.validation_dirs] == ["epoch_0001", "final"]
+    assert (result.validation_dirs[0] / "grid.png").is_file()
+
+
+def test_bf16_mixed_precision_on_cpu(tiny_sd1, image_dir, tmp_path):
+    result = run(base_config(tiny_sd1, image_dir, tmp_path / "out", max_train_steps=2, mixed_precision="bf16"))
+    assert torch.isfinite(_vectors(result)).all()
+
+
+def test_data_loader_workers_are_deterministic(tiny_sd1, image_dir, tmp_path):
+    cfg = base_config(tiny_sd1, image_dir, tmp_path / "out", max_train_steps=3, data_loader__dataloader_num_workers=2,
+                      data_loader__random_flip=True)
+    assert torch.equal(_vectors(run(cfg)), _vectors(run(cfg)))

@@ -79,11 +79,24 @@ def _new_run_dir(config: SdTextualInversionConfig) -> Path:
     return Path(holder[0])
 
 
-def _add_file_log(run_dir: Path) -> None:
+def _fresh_accelerator_state() -> None:
+    # accelerate keeps its settings in process-wide singletons; a second run in the same process
+    # (tests, the console UI, benchmarks) must be free to choose another mixed precision.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+
+
+def _log_to_run_dir(run_dir: Path) -> None:
+    logger = logging.getLogger("tiforge")
+    for old in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+        logger.removeHandler(old)  # an earlier run's log in this process
+        old.close()
     handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("tiforge").addHandler(handler)
-    logging.getLogger("tiforge").setLevel(logging.INFO)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def train(
@@ -100,6 +113,7 @@ def train(
     # --- run folder and accelerator -----------------------------------------------------------
     run_dir = _new_run_dir(config)
     report_to = None if config.report_to in (None, "none") else config.report_to
+    _fresh_accelerator_state()
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision or "no",
@@ -108,7 +122,7 @@ def train(
     )
     main = accelerator.is_main_process
     if main:
-        _add_file_log(run_dir)
+        _log_to_run_dir(run_dir)
     if config.seed is not None:
         set_seed(config.seed)
     weight_dtype = DTYPES[config.weight_dtype]
@@ -153,6 +167,7 @@ def train(
         parts.unet.enable_xformers_memory_efficient_attention()
 
     # --- data ----------------------------------------------------------------------------------
+    vae_config = parts.vae.config
     dl = config.data_loader
     records = find_records(dl)
     uses_templates = dl.caption_preset is not None or dl.caption_templates is not None
@@ -161,8 +176,12 @@ def train(
     if config.cache_vae_outputs:
         log.info("caching VAE outputs for %d images", len(dataset))
         cache_vae_outputs(dataset, parts.vae, device, weight_dtype, progress=_bar("caching latents", main and progress))
-        # The VAE is only needed again to decode validation images: keep it off the accelerator.
-        parts.vae.to("cpu")
+        # The VAE is only needed again to decode validation images: park it off the accelerator,
+        # or drop it when there is nothing to validate.
+        if config.validation_prompts:
+            parts.vae.to("cpu")
+        else:
+            parts.vae = None
     dataloader = make_dataloader(dataset, config.train_batch_size, dl.dataloader_num_workers, config.seed)
 
     # --- optimizer and schedule ----------------------------------------------------------------
@@ -201,6 +220,7 @@ def train(
     file_name = embedding_file_name(placeholder.token)
     result = TrainResult(run_dir=run_dir, embedding_path=run_dir / file_name, global_step=0, final_loss=None)
     metadata = {"tiforge.base_model": config.model, "tiforge.family": parts.family}
+    scaling_factor = vae_config.scaling_factor
 
     def current_vectors() -> torch.Tensor:
         return accelerator.unwrap_model(text_encoder).get_input_embeddings().vectors.detach()
@@ -237,7 +257,6 @@ def train(
         accelerator.wait_for_everyone()
 
     # --- the loop ------------------------------------------------------------------------------
-    scaling_factor = parts.vae.config.scaling_factor
     bar = tqdm(total=max_steps, desc="training", disable=not (main and progress), dynamic_ncols=True)
     global_step = 0
     window_loss, window_batches = torch.zeros((), device=device), 0  # loss averaged over accumulation
