@@ -206,3 +206,28 @@ def test_data_loader_workers_are_deterministic(tiny_sd1, image_dir, tmp_path):
     cfg = base_config(tiny_sd1, image_dir, tmp_path / "out", max_train_steps=3, data_loader__dataloader_num_workers=2,
                       data_loader__random_flip=True)
     assert torch.equal(_vectors(run(cfg)), _vectors(run(cfg)))
+
+
+@pytest.mark.parametrize("fmt, ext, precision", [("a1111", "pt", "float32"), ("kohya", "safetensors", "float16"),
+                                                 ("diffusers", "bin", "bfloat16")])
+def test_training_writes_the_chosen_format(tiny_sd1, image_dir, tmp_path, fmt, ext, precision):
+    from tiforge.embedding_files import load_embedding
+
+    cfg = base_config(tiny_sd1, image_dir, tmp_path / "out", max_train_steps=2, save_every_n_steps=1,
+                      save_format=fmt, save_model_as=ext, save_precision=precision,
+                      install_embeddings_root=str(tmp_path / "invokeai"))
+    result = run(cfg)
+    assert result.embedding_path.name == f"thing.{ext}"
+    emb = load_embedding(result.embedding_path)
+    assert emb.format == fmt and emb.single.dtype == getattr(torch, precision) and emb.single.shape == (2, 32)
+    if fmt == "a1111":
+        assert emb.step == 2 and emb.token == "<thing>"
+    ckpt = result.run_dir / "checkpoints" / "checkpoint-step_00000001" / f"thing.{ext}"
+    assert load_embedding(ckpt).format == fmt
+    installed = tmp_path / "invokeai" / "embeddings" / "thing" / "learned_embeds.bin"
+    assert torch.equal(load_embedding(installed).single, emb.single)
+
+
+def test_a1111_in_safetensors_is_refused_up_front(tiny_sd1, image_dir, tmp_path):
+    with pytest.raises(ConfigError, match="cannot be stored in safetensors"):
+        run(base_config(tiny_sd1, image_dir, tmp_path, save_format="a1111"))

@@ -49,6 +49,42 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_convert(args) -> int:
+    from .embedding_convert import convert
+
+    out = convert(args.input, args.output, args.to, token=args.token, precision=args.precision)
+    print(f"wrote {out} ({args.to} layout)")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from .embedding_inspection import describe
+
+    print(describe(args.file, model=args.model, single_file_config=args.single_file_config))
+    return 0
+
+
+def _cmd_install(args) -> int:
+    from .embedding_convert import install_for_invokeai
+
+    print(f"installed {install_for_invokeai(args.file, args.root, args.trigger)}")
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from .generate import generate_images
+
+    paths = generate_images(
+        model=args.model, embeddings=args.embedding, tokens=args.token, prompt=args.prompt,
+        negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
+        width=args.width, height=args.height, count=args.count, out_dir=args.out,
+        single_file_config=args.single_file_config, hf_variant=args.hf_variant,
+    )
+    for p in paths:
+        print(p)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tiforge", description="Textual Inversion training for Stable Diffusion.")
     parser.add_argument("--version", action="version", version=f"tiforge {__import__('tiforge').__version__}")
@@ -69,9 +105,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="with --check, print the resolved config")
     p.set_defaults(func=_cmd_config)
 
-    p = sub.add_parser("demo", help="train on a tiny built-in model and bundled pictures (offline, ~1 min)")
+    p = sub.add_parser("convert", help="rewrite an embedding in another tool's layout (vectors unchanged)")
+    p.add_argument("input")
+    p.add_argument("output", help="the container follows the extension: .safetensors, .bin, .pt, .ckpt, .png (a1111)")
+    p.add_argument("--to", required=True, choices=["diffusers", "a1111", "kohya"],
+                   help="diffusers {token: tensor}; a1111 string_to_param; kohya emb_params (SDXL: clip_l/clip_g)")
+    p.add_argument("--token", help="the trigger to store (default: the input's trigger)")
+    p.add_argument("--precision", choices=["float32", "float16", "bfloat16"], help="default: keep the input's")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("inspect", help="show what an embedding file holds and which models it fits")
+    p.add_argument("file")
+    p.add_argument("--model", help="compare with this model's vocabulary (norms, nearest tokens)")
+    p.add_argument("--single-file-config", help="local diffusers folder for a single-file --model offline")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("install", help="install an embedding into InvokeAI's <root>/embeddings/<trigger>/")
+    p.add_argument("file")
+    p.add_argument("--root", required=True, help="the InvokeAI root folder (e.g. ~/invokeai)")
+    p.add_argument("--trigger", help="default: the embedding's trigger")
+    p.set_defaults(func=_cmd_install)
+
+    p = sub.add_parser("generate", help="generate pictures with one or more embeddings loaded")
+    p.add_argument("--model", required=True, help="hub id, diffusers folder or single .safetensors/.ckpt file")
+    p.add_argument("--embedding", action="append", required=True, help="an embedding file; repeat for several")
+    p.add_argument("--token", action="append", help="trigger for each --embedding, in order (default: its own)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--out", default="tiforge-images", help="output folder")
+    p.add_argument("--single-file-config")
+    p.add_argument("--hf-variant")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("demo", help="teach the built-in toy model a new word from 6 pictures and judge the result (offline)")
     p.add_argument("--output-dir", default="tiforge-demo", help="where the run folder goes (default: ./tiforge-demo)")
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=200)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_demo)
     return parser

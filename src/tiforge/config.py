@@ -172,6 +172,14 @@ class SdTextualInversionConfig(_Strict):
 
     train_batch_size: int = Field(4, ge=1)
     use_masks: bool = False
+
+    save_format: Literal["diffusers", "a1111", "kohya"] = "diffusers"
+    """Layout of the saved embeddings: diffusers `{token: tensor}`, a1111 `string_to_param` (.pt), or
+    kohya `emb_params` (also what invoke-training writes)."""
+    save_model_as: Literal["safetensors", "pt", "bin", "ckpt"] = "safetensors"
+    save_precision: Literal["float32", "float16", "bfloat16"] = "float32"
+    install_embeddings_root: str | None = None
+    """After training, also write `<root>/embeddings/<trigger>/learned_embeds.bin` (InvokeAI's layout)."""
     data_loader: TextualInversionSDDataLoaderConfig
 
     @field_validator("optimizer", mode="before")
@@ -245,6 +253,11 @@ class SdTextualInversionConfig(_Strict):
             problems.append(
                 "data_loader.aspect_ratio_buckets: aspect-ratio bucketing is not supported by this tiforge "
                 "version yet; remove it to train at the fixed data_loader.resolution"
+            )
+        if self.save_format == "a1111" and self.save_model_as == "safetensors":
+            problems.append(
+                "save_format / save_model_as: the a1111 layout (string_to_param) cannot be stored in safetensors; "
+                "set save_model_as: pt, or save_format: diffusers or kohya"
             )
         if self.use_masks:
             problems.append("use_masks: masked loss is not supported by this tiforge version yet; set it to false")

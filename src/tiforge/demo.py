@@ -1,91 +1,107 @@
-"""`tiforge demo`: a complete, offline training run on an embedded default.
+"""`tiforge demo`: teach the pretrained toy model a word for a shape it can draw but was never
+told the name of, then check with the judge that the word works. Offline, a few minutes on a CPU.
 
-The model is a tiny Stable-Diffusion-architecture pipeline (real diffusers/transformers classes,
-random weights, the real CLIP tokenizer) that tiforge builds locally, and the data are six small
-bundled pictures. It shows the whole flow - data, training, checkpoints, validation images, the
-embedding file - in about a minute on a laptop CPU. Random weights do not understand prompts, so
-the pictures it draws are noise-like: the demo proves the machinery, not image quality.
+The toy model (tiforge.toy_model) is a tiny Stable-Diffusion-architecture pipeline trained on a
+world of coloured shapes; its captions never named the ring. The judge (tiforge.toyworld.judge)
+finds the shape in a picture without any neural network, so "did it learn?" is a number.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .clip_tokenizer import cache_dir
 from .config import config_from_dict
-from .tiny import save_tiny_pipeline
+from .embedding_files import save_embedding
+from .toy_model import hit_rate, load_toy_pipeline, pipeline_with_embedding, toy_model_dir
 from .train import TrainResult, train
+from .validation import image_grid
 
-DEMO_MODEL_VERSION = 1
+TOKEN = "<ring>"
+PROMPT = f"a {TOKEN}"
+INITIALIZER = "dog"  # deliberately unrelated: everything the token knows, it learns from the pictures
 
 
-def demo_model_dir() -> Path:
-    """The tiny SD1-architecture model, built once and kept in the tiforge cache."""
-    target = cache_dir() / f"demo-model-sd1-v{DEMO_MODEL_VERSION}"
-    if not (target / "model_index.json").is_file():
-        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_tiny_pipeline(tmp, "sd1", seed=0)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    return target
+@dataclass
+class DemoResult:
+    train: TrainResult
+    hit_rate_before: float  # judge's fraction of ring pictures with the initializer's vector
+    hit_rate_after: float  # ... with the learned embedding
 
 
 def demo_images_dir() -> Path:
     return Path(str(resources.files("tiforge") / "assets" / "demo_images"))
 
 
-def demo_config(output_dir: str, steps: int = 60) -> dict:
+def demo_config(output_dir: str, steps: int = 200) -> dict:
     return {
         "type": "SD_TEXTUAL_INVERSION",
-        "seed": 42,
+        "seed": 0,
         "base_output_dir": output_dir,
         "report_to": "tensorboard",
-        "model": str(demo_model_dir()),
-        "placeholder_token": "<demo-toy>",
-        "initializer_token": "toy",
-        "num_vectors": 2,
+        "model": str(toy_model_dir()),
+        "placeholder_token": TOKEN,
+        "initializer_token": INITIALIZER,
+        "num_vectors": 1,
         "max_train_steps": steps,
-        "save_every_n_steps": max(1, steps // 3),
-        "max_checkpoints": 2,
+        "save_every_n_steps": max(1, steps // 4),
+        "max_checkpoints": 4,
         "validate_every_n_steps": max(1, steps // 2),
-        "validation_prompts": ["a photo of a <demo-toy>", "a <demo-toy> on a table"],
-        "num_validation_images_per_prompt": 2,
-        "num_validation_inference_steps": 10,
+        "validation_prompts": [PROMPT, f"a {TOKEN} on a white background"],
+        "num_validation_images_per_prompt": 4,
+        "num_validation_inference_steps": 20,
+        "validation_guidance_scale": 4.0,
         "optimizer": {"optimizer_type": "AdamW", "learning_rate": 5e-3},
-        "lr_scheduler": "constant_with_warmup",
-        "lr_warmup_steps": 5,
-        "train_batch_size": 2,
+        "train_batch_size": 6,
         "cache_vae_outputs": True,
         "data_loader": {
             "type": "TEXTUAL_INVERSION_SD_DATA_LOADER",
             "dataset": {"type": "IMAGE_DIR_DATASET", "dataset_dir": str(demo_images_dir())},
-            "caption_preset": "object",
-            "resolution": 64,
+            "caption_templates": ["a {}"],
+            "resolution": 32,
         },
     }
 
 
-def run_demo(output_dir: str = "tiforge-demo", steps: int = 60, progress: bool = True) -> TrainResult:
-    print(f"tiforge demo: tiny SD-architecture model at {demo_model_dir()} (random weights, built locally)")
-    print(f"              training data: {demo_images_dir()} (6 bundled pictures)")
+def _judged(pipe, out_dir: Path, n: int = 16) -> float:
+    rate, images = hit_rate(pipe, "ring", PROMPT, n=n)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(images):
+        im.save(out_dir / f"{i:02d}.png")
+    image_grid(images, rows=2).resize((8 * 96, 2 * 96)).save(out_dir / "grid.png")
+    return rate
+
+
+def run_demo(output_dir: str = "tiforge-demo", steps: int = 200, progress: bool = True) -> DemoResult:
+    model = toy_model_dir()
+    print(f"tiforge demo: pretrained toy model {model}")
+    print("  (a tiny SD-architecture model that knows coloured circles, squares, triangles and stars;")
+    print("   it has seen rings but was never told the word)")
+    print(f"  training pictures: {demo_images_dir()} (6 rings, 32x32)")
     config = config_from_dict(demo_config(output_dir, steps), "demo config")
+
+    # Before: the placeholder holds the initializer's vector.
+    plain = load_toy_pipeline(model)
+    ids = plain.tokenizer.encode(INITIALIZER, add_special_tokens=False)
+    start = plain.text_encoder.get_input_embeddings().weight[ids].detach()
     result = train(config, progress=progress)
-    grid = result.validation_dirs[-1] / "grid.png" if result.validation_dirs else None
+    initial = result.run_dir / "judged" / "initial.safetensors"
+    save_embedding(initial, TOKEN, start)
+    before = _judged(pipeline_with_embedding(initial, TOKEN, model), result.run_dir / "judged" / "before")
+    after = _judged(pipeline_with_embedding(result.embedding_path, TOKEN, model), result.run_dir / "judged" / "after")
+
     print()
     print(f"Done: {result.global_step} steps, final loss {result.final_loss:.4f}")
+    print(f"  judge, prompt {PROMPT!r}, 16 pictures each:")
+    print(f"    before training: {before:.0%} show a ring   ({result.run_dir / 'judged' / 'before' / 'grid.png'})")
+    print(f"    after training:  {after:.0%} show a ring   ({result.run_dir / 'judged' / 'after' / 'grid.png'})")
     print(f"  embedding:         {result.embedding_path}")
-    print(f"  validation images: {', '.join(str(d) for d in result.validation_dirs)}")
-    if grid:
-        print(f"  latest grid:       {grid}")
+    print(f"  validation images: {result.validation_dirs[-1] / 'grid.png'}")
     print(f"  checkpoints:       {result.run_dir / 'checkpoints'}")
     print(f"  config used:       {result.run_dir / 'config.yaml'}  (rerun: tiforge train {result.run_dir / 'config.yaml'})")
     print(f"  logs:              {result.run_dir / 'logs'} (tensorboard --logdir {result.run_dir / 'logs'})")
     print()
-    print("The demo model has random weights, so its pictures are noise: it proves the machinery.")
     print("With a real model:  tiforge config --example > my.yaml   # edit model, data, placeholder")
     print("                    tiforge train my.yaml")
-    return result
+    return DemoResult(result, before, after)

@@ -1,19 +1,35 @@
-"""Reading and writing textual-inversion embedding files.
+"""Textual-inversion embedding files in every layout the popular tools write and read.
 
-tiforge writes the diffusers layout (`{token: tensor[n, dim]}` in safetensors), which diffusers'
-`load_textual_inversion`, InvokeAI, A1111 and ComfyUI all read. For reading, it accepts the layouts
-the other trainers write (see shared/reference/embedding-formats.md).
+| format    | layout                                                        | containers            |
+|-----------|---------------------------------------------------------------|-----------------------|
+| diffusers | `{token: tensor[n, dim]}` (diffusers example, InvokeAI)      | .safetensors .bin .pt |
+| a1111     | `string_to_token`, `string_to_param`, `name`, `step`, ...     | .pt .bin, .png .webp  |
+| kohya     | `emb_params: [n, dim]`; SDXL `clip_l` + `clip_g`              | .safetensors .pt .ckpt|
+
+(see shared/reference/embedding-formats.md). Pickled containers are untrusted input: they are read
+with `weights_only=True`, never executed. Every write goes to a temporary file and is renamed.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import __version__
 from .atomic import atomic_write
+
+FORMATS = ("diffusers", "a1111", "kohya")
+PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+              "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SDXL_KEYS = ("clip_l", "clip_g")
+PICKLE_SUFFIXES = (".bin", ".pt", ".ckpt", ".pth")
+PICTURE_SUFFIXES = (".png", ".webp")
+_PNG_KEY = "sd-ti-embedding"  # the tEXt chunk A1111 hides an embedding in
 
 
 class EmbeddingFileError(ValueError):
@@ -22,9 +38,17 @@ class EmbeddingFileError(ValueError):
 
 @dataclass
 class Embedding:
-    vectors: dict[str, torch.Tensor]  # key: token name, or "clip_l"/"clip_g" for SDXL files
-    token: str | None = None  # the trigger word stored in the file, where the layout has one
+    """Vectors of one concept: `{token: [n, dim]}` for SD 1.x/2.x, `{"clip_l", "clip_g"}` for SDXL."""
+
+    vectors: dict[str, torch.Tensor]
+    token: str | None = None  # the trigger stored in the file, where the layout has one
+    format: str = "diffusers"
     metadata: dict[str, str] = field(default_factory=dict)
+    step: int | None = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        return set(self.vectors) == set(SDXL_KEYS)
 
     @property
     def single(self) -> torch.Tensor:
@@ -32,8 +56,18 @@ class Embedding:
             raise EmbeddingFileError(f"expected one tensor, found {sorted(self.vectors)}")
         return next(iter(self.vectors.values()))
 
+    @property
+    def num_vectors(self) -> int:
+        return next(iter(self.vectors.values())).shape[0]
 
-def _as_2d(t: torch.Tensor, where: str) -> torch.Tensor:
+    def trigger(self, path: Path) -> str:
+        """What a prompt uses: the diffusers layout's key, or, as A1111 and kohya do, the file name."""
+        return self.token if self.format == "diffusers" and self.token else path.stem
+
+
+def _as_2d(t, where: str) -> torch.Tensor:
+    if isinstance(t, torch.nn.Parameter):
+        t = t.data
     if not isinstance(t, torch.Tensor):
         raise EmbeddingFileError(f"{where}: expected a tensor, found {type(t).__name__}")
     if t.ndim == 1:
@@ -45,17 +79,20 @@ def _as_2d(t: torch.Tensor, where: str) -> torch.Tensor:
     return t
 
 
-def _read_raw(path: Path) -> tuple[dict, dict[str, str]]:
-    if not path.is_file():
-        raise EmbeddingFileError(f"{path}: embedding file not found")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
+# ------------------------------------------------------------------------------------- reading
 
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-        except Exception as err:  # safetensors raises its own error types for truncated headers
-            raise EmbeddingFileError(f"{path}: not a readable safetensors file ({err})") from None
+
+def _read_safetensors(path: Path) -> tuple[dict, dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as err:  # safetensors raises its own error types for truncated headers
+        raise EmbeddingFileError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def _read_pickle(path: Path) -> dict:
     try:
         # Pickles from the internet are untrusted: weights_only refuses anything but tensors and
         # plain containers instead of running code hidden in the file.
@@ -63,53 +100,181 @@ def _read_raw(path: Path) -> tuple[dict, dict[str, str]]:
     except Exception as err:
         raise EmbeddingFileError(
             f"{path}: refused or unreadable as a torch file; tiforge only loads plain tensors "
-            f"(weights_only=True) and never runs code from a pickle ({type(err).__name__}: {err})"
+            f"(weights_only=True) and never runs code from a pickle ({type(err).__name__}: {str(err)[:300]})"
         ) from None
     if not isinstance(data, dict):
         raise EmbeddingFileError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
-    return data, {}
+    return data
+
+
+class _TensorJSON(json.JSONEncoder):
+    def default(self, o):
+        if isinstance(o, torch.Tensor):
+            return {"TORCHTENSOR": o.detach().cpu().float().numpy().tolist()}
+        return super().default(o)
+
+
+def _tensor_hook(d: dict):
+    return torch.from_numpy(np.array(d["TORCHTENSOR"], dtype=np.float32)) if "TORCHTENSOR" in d else d
+
+
+def _read_picture(path: Path) -> dict:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            text = im.info.get(_PNG_KEY) or getattr(im, "text", {}).get(_PNG_KEY)
+    except Exception as err:
+        raise EmbeddingFileError(f"{path}: not a readable picture ({err})") from None
+    if not text:
+        raise EmbeddingFileError(
+            f"{path}: this picture holds no '{_PNG_KEY}' text chunk, so it carries no embedding "
+            "(embeddings hidden only in the pixels are not supported)"
+        )
+    try:
+        return json.loads(base64.b64decode(text), object_hook=_tensor_hook)
+    except Exception as err:
+        raise EmbeddingFileError(f"{path}: the '{_PNG_KEY}' chunk is not a valid embedding ({err})") from None
 
 
 def load_embedding(path: str | Path) -> Embedding:
     path = Path(path)
-    data, meta = _read_raw(path)
+    if not path.is_file():
+        raise EmbeddingFileError(f"{path}: embedding file not found")
+    suffix = path.suffix.lower()
+    meta: dict[str, str] = {}
+    if suffix == ".safetensors":
+        data, meta = _read_safetensors(path)
+    elif suffix in PICTURE_SUFFIXES:
+        data = _read_picture(path)
+    else:
+        data = _read_pickle(path)
     where = str(path)
+    meta_token = meta.get("tiforge.placeholder")
     if "string_to_param" in data:  # A1111 and the original paper code
         params = data["string_to_param"]
-        if len(params) != 1:
-            raise EmbeddingFileError(f"{where}: string_to_param holds {len(params)} entries; expected one")
+        if not isinstance(params, dict) or len(params) != 1:
+            raise EmbeddingFileError(
+                f"{where}: string_to_param holds {len(params) if isinstance(params, dict) else '?'} entries; "
+                "A1111 and tiforge expect exactly one"
+            )
         tensor = _as_2d(next(iter(params.values())), where)
-        name = data.get("name")
-        return Embedding({str(name or path.stem): tensor}, token=name if isinstance(name, str) else None)
+        name = data.get("name") if isinstance(data.get("name"), str) else None
+        step = data.get("step") if isinstance(data.get("step"), int) else None
+        token = name or path.stem
+        return Embedding({token: tensor}, token=name, format="a1111", metadata=meta, step=step)
     if "emb_params" in data:  # kohya-ss sd-scripts, invoke-training
-        return Embedding({meta.get("tiforge.placeholder") or path.stem: _as_2d(data["emb_params"], where)},
-                         token=meta.get("tiforge.placeholder"), metadata=meta)
-    if "clip_l" in data or "clip_g" in data:
-        if not ("clip_l" in data and "clip_g" in data):
-            raise EmbeddingFileError(f"{where}: an SDXL embedding needs both clip_l and clip_g")
-        return Embedding({k: _as_2d(data[k], f"{where} [{k}]") for k in ("clip_l", "clip_g")}, metadata=meta)
+        token = meta_token or path.stem
+        return Embedding({token: _as_2d(data["emb_params"], where)}, token=meta_token, format="kohya", metadata=meta)
+    if any(k in data for k in SDXL_KEYS):
+        missing = [k for k in SDXL_KEYS if k not in data]
+        if missing:
+            raise EmbeddingFileError(f"{where}: an SDXL embedding needs both clip_l and clip_g; {missing[0]} is missing")
+        vectors = {k: _as_2d(data[k], f"{where} [{k}]") for k in SDXL_KEYS}
+        if vectors["clip_l"].shape[0] != vectors["clip_g"].shape[0]:
+            raise EmbeddingFileError(f"{where}: clip_l and clip_g hold different vector counts")
+        return Embedding(vectors, token=meta_token, format="kohya", metadata=meta)
     tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
-    if len(tensors) == 1:  # diffusers {token: tensor}
+    if len(tensors) == 1 and len(data) == 1:  # diffusers {token: tensor}
         token, tensor = next(iter(tensors.items()))
-        return Embedding({token: _as_2d(tensor, where)}, token=token, metadata=meta)
+        return Embedding({str(token): _as_2d(tensor, where)}, token=str(token), format="diffusers", metadata=meta)
     raise EmbeddingFileError(
         f"{where}: unknown embedding layout with keys {sorted(map(str, data))[:8]}; expected "
-        "{token: tensor}, string_to_param (A1111), emb_params (kohya) or clip_l/clip_g (SDXL)"
+        "{token: tensor} (diffusers), string_to_param (A1111), emb_params (kohya) or clip_l + clip_g (SDXL)"
     )
 
 
-def save_embedding(path: str | Path, token: str, vectors: torch.Tensor, metadata: dict[str, str] | None = None) -> Path:
-    """Save `{token: vectors}` as safetensors (the diffusers layout), atomically."""
-    from safetensors.torch import save_file
+# ------------------------------------------------------------------------------------- writing
 
-    vectors = vectors.detach().to("cpu", torch.float32).contiguous()
-    if not torch.isfinite(vectors).all():
-        raise EmbeddingFileError(f"{path}: refusing to save non-finite vectors for {token!r}")
+
+def _layout(emb: Embedding, fmt: str, token: str, where: Path) -> dict:
+    if fmt == "kohya":
+        return dict(emb.vectors) if emb.is_sdxl else {"emb_params": emb.single}
+    if emb.is_sdxl:
+        raise EmbeddingFileError(
+            f"{where}: an SDXL embedding (clip_l + clip_g) is written in the kohya layout, which kohya, A1111, "
+            "ComfyUI and InvokeAI read; use --to kohya"
+        )
+    if fmt == "diffusers":
+        return {token: emb.single}
+    if fmt == "a1111":
+        return {
+            "string_to_token": {"*": 265},  # A1111 stores the id of '*', a leftover of the paper's code
+            "string_to_param": {"*": emb.single},
+            "name": token,
+            "step": emb.step or 0,
+            "sd_checkpoint": emb.metadata.get("tiforge.base_model_hash"),
+            "sd_checkpoint_name": emb.metadata.get("tiforge.base_model"),
+        }
+    raise EmbeddingFileError(f"unknown embedding format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def save_embedding(
+    path: str | Path,
+    token: str,
+    vectors: torch.Tensor | dict[str, torch.Tensor],
+    metadata: dict[str, str] | None = None,
+    *,
+    format: str = "diffusers",
+    precision: str | None = None,
+    step: int | None = None,
+) -> Path:
+    """Write one concept's vectors in `format`; the container follows the file extension."""
+    path = Path(path)
+    named = vectors if isinstance(vectors, dict) else {token: vectors}
+    dtype = PRECISIONS[precision] if precision else None
+    clean = {}
+    for key, t in named.items():
+        t = t.detach().to("cpu")
+        if not torch.isfinite(t.float()).all():
+            raise EmbeddingFileError(f"{path}: refusing to save non-finite vectors for {token!r}")
+        clean[key] = _as_2d(t.to(dtype or t.dtype), str(path)).contiguous()
+    first = next(iter(clean.values()))
     meta = {
         "tiforge.version": __version__,
         "tiforge.placeholder": token,
-        "tiforge.num_vectors": str(vectors.shape[0]),
-        "tiforge.dim": str(vectors.shape[1]),
+        "tiforge.num_vectors": str(first.shape[0]),
+        "tiforge.dim": "+".join(str(t.shape[1]) for t in clean.values()),
+        **({"tiforge.steps": str(step)} if step is not None else {}),
+        **{k: str(v) for k, v in (metadata or {}).items() if v is not None},
     }
-    meta.update({k: str(v) for k, v in (metadata or {}).items()})
-    return atomic_write(path, lambda tmp: save_file({token: vectors}, str(tmp), metadata=meta))
+    emb = Embedding(clean, token=token, metadata=meta, step=step)
+    layout = _layout(emb, format, token, path)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        if format == "a1111":
+            raise EmbeddingFileError(
+                f"{path}: the A1111 layout (string_to_param) needs a .pt file; safetensors cannot hold it. "
+                "Use a .pt name, or --to diffusers/kohya for safetensors"
+            )
+        from safetensors.torch import save_file
+
+        return atomic_write(path, lambda tmp: save_file(layout, str(tmp), metadata=meta))
+    if suffix in PICKLE_SUFFIXES:
+        return atomic_write(path, lambda tmp: torch.save(layout, str(tmp)))
+    if suffix == ".png":
+        return atomic_write(path, lambda tmp: _write_picture(tmp, emb, token))
+    raise EmbeddingFileError(
+        f"{path}: unknown extension {path.suffix!r}; use .safetensors, .bin, .pt, .ckpt or (A1111 picture) .png"
+    )
+
+
+def _write_picture(tmp: Path, emb: Embedding, token: str) -> None:
+    """An A1111-readable picture: the embedding as base64 JSON in the 'sd-ti-embedding' tEXt chunk,
+    on a small image showing the vectors, so that the file is still a picture people can share."""
+    from PIL import Image, PngImagePlugin
+
+    data = _layout(emb, "a1111", token, tmp)
+    payload = base64.b64encode(json.dumps(data, cls=_TensorJSON).encode()).decode()
+    v = emb.single.float()
+    shade = ((v - v.min()) / (v.max() - v.min() + 1e-8) * 255).byte().numpy()
+    image = Image.fromarray(np.kron(shade, np.ones((16, 1), np.uint8))).convert("RGB")
+    info = PngImagePlugin.PngInfo()
+    info.add_text(_PNG_KEY, payload)
+    image.save(tmp, format="PNG", pnginfo=info)
+
+
+def format_for_path(path: Path, fmt: str | None) -> str:
+    if fmt:
+        return fmt
+    return "a1111" if path.suffix.lower() in (".pt", ".png") else "diffusers"

@@ -26,14 +26,15 @@ def make_run_dir(base_output_dir: str | Path) -> Path:
     raise RuntimeError(f"could not create a new run folder in {base}")
 
 
-def embedding_file_name(placeholder_token: str) -> str:
+def embedding_file_name(placeholder_token: str, extension: str = "safetensors") -> str:
     """`<cat-toy>` -> `cat-toy.safetensors`: the placeholder, safe on every file system."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", placeholder_token.strip("<>")).strip("._") or "embedding"
-    return f"{stem}.safetensors"
+    return f"{stem}.{extension}"
 
 
 def save_checkpoint(
-    run_dir: Path, kind: str, index: int, token: str, vectors: torch.Tensor, metadata: dict, max_checkpoints: int | None
+    run_dir: Path, kind: str, index: int, token: str, vectors: torch.Tensor, metadata: dict, max_checkpoints: int | None,
+    **save_options,
 ) -> Path:
     """Save `checkpoints/checkpoint-{kind}_{index}`; only then drop the oldest of that kind.
 
@@ -44,7 +45,8 @@ def save_checkpoint(
     tmp = root / f".{final.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_embedding(tmp / embedding_file_name(token), token, vectors, metadata)
+    extension = save_options.pop("extension", "safetensors")
+    save_embedding(tmp / embedding_file_name(token, extension), token, vectors, metadata, **save_options)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -88,7 +88,8 @@ def initial_vectors(
         return table[ids].float().clone()
     if initial_embedding_file is not None:
         emb = load_embedding(initial_embedding_file)
-        if emb.token is not None and placeholder_token is not None and emb.token != placeholder_token:
+        # Only the diffusers layout stores the trigger itself; A1111 and kohya name it by the file.
+        if emb.format == "diffusers" and placeholder_token is not None and emb.token != placeholder_token:
             raise EmbeddingFileError(
                 f"{initial_embedding_file}: holds token {emb.token!r} but placeholder_token is {placeholder_token!r}; "
                 "they must match"

@@ -16,7 +16,6 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
 from .atomic import atomic_write_text
 from .config import ConfigError, SdTextualInversionConfig, dump_config
 from .data import (
@@ -27,6 +26,7 @@ from .data import (
     find_records,
     make_dataloader,
 )
+from .embedding_convert import install_for_invokeai
 from .embedding_files import save_embedding
 from .loss import denoising_loss, sample_latents
 from .model_loading import load_sd_components
@@ -217,9 +217,10 @@ def train(
     )
 
     # --- saving and validating -----------------------------------------------------------------
-    file_name = embedding_file_name(placeholder.token)
+    file_name = embedding_file_name(placeholder.token, config.save_model_as)
     result = TrainResult(run_dir=run_dir, embedding_path=run_dir / file_name, global_step=0, final_loss=None)
     metadata = {"tiforge.base_model": config.model, "tiforge.family": parts.family}
+    save_options = {"format": config.save_format, "precision": config.save_precision}
     scaling_factor = vae_config.scaling_factor
 
     def current_vectors() -> torch.Tensor:
@@ -227,8 +228,8 @@ def train(
 
     def checkpoint(kind: str, index: int, step: int) -> None:
         if main:
-            path = save_checkpoint(run_dir, kind, index, placeholder.token, current_vectors(),
-                                   {**metadata, "tiforge.steps": str(step)}, config.max_checkpoints)
+            path = save_checkpoint(run_dir, kind, index, placeholder.token, current_vectors(), metadata,
+                                   config.max_checkpoints, step=step, extension=config.save_model_as, **save_options)
             result.checkpoint_dirs.append(path)
         accelerator.wait_for_everyone()
 
@@ -318,9 +319,12 @@ def train(
 
     # --- final embedding -------------------------------------------------------------------------
     if main:
-        save_embedding(result.embedding_path, placeholder.token, current_vectors(),
-                       {**metadata, "tiforge.steps": str(global_step), "tiforge.version": __version__})
+        save_embedding(result.embedding_path, placeholder.token, current_vectors(), metadata, step=global_step,
+                       **save_options)
         log.info("embedding saved: %s", result.embedding_path)
+        if config.install_embeddings_root:
+            installed = install_for_invokeai(result.embedding_path, config.install_embeddings_root, placeholder.token)
+            log.info("installed for InvokeAI: %s", installed)
     accelerator.wait_for_everyone()
     validate("final", global_step)
     accelerator.end_training()

@@ -1,0 +1,178 @@
+"""Pretrains the toy Stable-Diffusion-architecture model on the toy world (tiforge.toyworld).
+
+    .venv/bin/python scripts/train_toy_model.py        # about 40 minutes on a 2-core CPU
+
+Writes src/tiforge/assets/toy_model/ (fp16 weights, configs, report.json). The pictures are 32x32;
+the VAE downsamples by 2 (latents 4x16x16); the UNet has cross-attention at 8x8 and 4x4; the text
+encoder is a 2-layer CLIP with the real CLIP tokenizer. Captions never name the held-out ring shape
+nor the checkered background (see toyworld.caption), so textual inversion has something to learn.
+Deterministic for a given seed and thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tiforge.clip_tokenizer import load_clip_tokenizer
+from tiforge.toy_model import build_toy_components, evaluate_prompts, save_toy_model
+from tiforge.toyworld import SIZE, caption, render, sample_scene
+
+OUT = Path(__file__).resolve().parents[1] / "src" / "tiforge" / "assets" / "toy_model"
+
+
+def make_data(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng) for _ in range(n)]
+    images = np.stack([np.asarray(render(s)) for s in scenes])
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # uint8 N,3,H,W
+    return scenes, pixels
+
+
+def to_float(pixels_u8: torch.Tensor) -> torch.Tensor:
+    return pixels_u8.float() / 127.5 - 1.0
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train_vae(vae, pixels, steps: int, batch: int, log) -> None:
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(1)
+    vae.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, steps, 2e-3, 50)
+        x = to_float(pixels[torch.randint(len(pixels), (batch,), generator=gen)])
+        dist = vae.encode(x).latent_dist
+        rec = vae.decode(dist.sample(generator=gen)).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-6 * dist.kl().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 100 == 0 or step == steps - 1:
+            log(f"vae step {step}/{steps} loss {loss.item():.4f}")
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_all(vae, pixels, batch=512) -> torch.Tensor:
+    return torch.cat([vae.encode(to_float(pixels[i : i + batch])).latent_dist.mean for i in range(0, len(pixels), batch)])
+
+
+@torch.no_grad()
+def reconstruction_check(vae, scenes, pixels, n=300) -> dict:
+    """The judge on VAE reconstructions: a VAE that loses shape or texture caps everything after it."""
+    from PIL import Image
+
+    from tiforge.toyworld import judge
+
+    rec = vae.decode(vae.encode(to_float(pixels[-n:])).latent_dist.mean).sample
+    rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    verdicts = [judge(Image.fromarray(r)) for r in rec]
+    truth = scenes[-n:]
+    return {k: round(sum(getattr(v, k) == getattr(s, k) for v, s in zip(verdicts, truth)) / n, 3)
+            for k in ("shape", "colour", "background")}
+
+
+def train_denoiser(unet, text_encoder, tokenizer, scheduler, latents, scenes, steps, batch, lr, log):
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    ema = [p.detach().clone() for p in params]
+    rng = np.random.default_rng(2)
+    gen = torch.Generator().manual_seed(3)
+    unet.train()
+    text_encoder.train()
+    started = time.time()
+    for step in range(steps):
+        decay = min(0.999, (1 + step) / (10 + step))
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, steps, lr, 200)
+        idx = torch.randint(len(latents), (batch,), generator=gen)
+        # 10% empty captions teach the unconditional prediction that classifier-free guidance needs
+        caps = ["" if rng.random() < 0.1 else caption(scenes[i], rng) for i in idx.tolist()]
+        ids = tokenizer(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        x0 = latents[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen)
+        pred = unet(scheduler.add_noise(x0, noise, t), t, text_encoder(ids)[0]).sample
+        loss = F.mse_loss(pred, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for e, p in zip(ema, params):
+                e.lerp_(p, 1 - decay)
+        if step % 100 == 0 or step == steps - 1:
+            rate = (step + 1) / (time.time() - started)
+            log(f"denoiser step {step}/{steps} loss {loss.item():.4f} ({rate:.2f} steps/s)")
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            p.copy_(e)
+    unet.eval()
+    text_encoder.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--images", type=int, default=40000)
+    parser.add_argument("--vae-steps", type=int, default=1200)
+    parser.add_argument("--vae-batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(2)  # results depend on the thread count; keep it fixed
+    log_lines: list[str] = []
+
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        log_lines.append(line)
+
+    t0 = time.time()
+    scenes, pixels = make_data(args.images, args.seed)
+    log(f"{len(scenes)} scenes rendered at {SIZE}x{SIZE}")
+    tokenizer = load_clip_tokenizer()
+    vae, unet, text_encoder, scheduler = build_toy_components(seed=args.seed)
+    train_vae(vae, pixels, args.vae_steps, args.vae_batch, log)
+    log(f"vae reconstructions judged: {json.dumps(reconstruction_check(vae, scenes, pixels))}")
+    latents = encode_all(vae, pixels)
+    scaling = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling)
+    latents = latents * scaling
+    log(f"latents {tuple(latents.shape)}, scaling_factor {scaling:.4f}")
+    train_denoiser(unet, text_encoder, tokenizer, scheduler, latents, scenes, args.steps, args.batch, args.lr, log)
+    minutes = (time.time() - t0) / 60
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_toy_model(tmp, vae, unet, text_encoder, scheduler)
+    report = {
+        "seed": args.seed, "images": args.images, "vae_steps": args.vae_steps, "steps": args.steps,
+        "batch": args.batch, "lr": args.lr, "train_minutes": round(minutes, 1),
+        "evaluation": evaluate_prompts(tmp),
+    }
+    (tmp / "report.json").write_text(json.dumps(report, indent=2))
+    (tmp / "train.log").write_text("\n".join(log_lines) + "\n")
+    shutil.rmtree(args.out, ignore_errors=True)
+    tmp.rename(args.out)
+    log(f"saved {args.out} after {minutes:.1f} min: {json.dumps(report['evaluation'])}")
+
+
+if __name__ == "__main__":
+    main()

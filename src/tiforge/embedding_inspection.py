@@ -1,0 +1,74 @@
+"""`tiforge inspect`: what is inside an embedding file, and what model it fits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .embedding_files import Embedding, load_embedding
+
+WIDTH_FAMILY = {768: "SD 1.x (CLIP ViT-L)", 1024: "SD 2.x (OpenCLIP ViT-H)", 1280: "SDXL clip_g (OpenCLIP bigG)"}
+
+
+def family_of(emb: Embedding) -> str:
+    if emb.is_sdxl:
+        return "SDXL (clip_l 768 + clip_g 1280)"
+    width = emb.single.shape[1]
+    return WIDTH_FAMILY.get(width, f"no standard family (width {width}; e.g. a tiny test model)")
+
+
+def describe(path: str | Path, model: str | None = None, single_file_config: str | None = None, top_k: int = 5) -> str:
+    path = Path(path)
+    emb = load_embedding(path)
+    lines = [
+        f"file:      {path}",
+        f"format:    {emb.format}  (container {path.suffix})",
+        f"trigger:   {emb.trigger(path)}" + (f"  (token stored in the file: {emb.token})" if emb.token else ""),
+    ]
+    for key, t in emb.vectors.items():
+        label = key if emb.is_sdxl else "vectors"
+        lines.append(f"{label + ':':<10} {t.shape[0]} x {t.shape[1]}  {str(t.dtype).replace('torch.', '')}")
+    lines.append(f"fits:      {family_of(emb)}")
+    if emb.step is not None:
+        lines.append(f"step:      {emb.step}")
+
+    tables = _vocabulary_tables(model, single_file_config) if model else {}
+    for key, t in emb.vectors.items():
+        norms = t.float().norm(dim=1)
+        ref = ""
+        table = tables.get(key) if emb.is_sdxl else next(iter(tables.values()), None)
+        if table is not None:
+            if table.shape[1] != t.shape[1]:
+                ref = f"  (the model's width is {table.shape[1]}: this embedding does not fit it)"
+                table = None
+            else:
+                ref = f"  (model vocabulary: median {table.float().norm(dim=1).median():.3f})"
+        lines.append(f"norms{'[' + key + ']' if emb.is_sdxl else ''}:    " + " ".join(f"{n:.3f}" for n in norms) + ref)
+        if table is not None:
+            lines += _nearest(t, table, tables["__tokenizer__"], top_k)
+    if emb.metadata:
+        lines.append("metadata:")
+        lines += [f"  {k}: {v}" for k, v in sorted(emb.metadata.items())]
+    if not model:
+        lines.append("(give --model to compare with the model's vocabulary and list the nearest tokens)")
+    return "\n".join(lines)
+
+
+def _vocabulary_tables(model: str, single_file_config: str | None) -> dict:
+    from .model_loading import load_sd_components
+
+    parts = load_sd_components(model, None, single_file_config)
+    return {"vectors": parts.text_encoder.get_input_embeddings().weight.detach(), "__tokenizer__": parts.tokenizer}
+
+
+def _nearest(vectors: torch.Tensor, table: torch.Tensor, tokenizer, k: int) -> list[str]:
+    sims = torch.nn.functional.normalize(vectors.float(), dim=1) @ torch.nn.functional.normalize(table.float(), dim=1).T
+    lines = []
+    for i, row in enumerate(sims):
+        top = row.topk(k)
+        words = ", ".join(
+            f"{tokenizer.convert_ids_to_tokens(int(j)).replace('</w>', '')} ({s:.2f})" for s, j in zip(top.values, top.indices)
+        )
+        lines.append(f"  nearest to vector {i}: {words}")
+    return lines

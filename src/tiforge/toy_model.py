@@ -1,0 +1,197 @@
+"""The pretrained toy model: a tiny Stable-Diffusion-architecture pipeline that understands the toy
+world (tiforge.toyworld), and the measurements made with it.
+
+Its weights ship with tiforge (assets/toy_model, fp16, made by scripts/train_toy_model.py); the
+CLIP tokenizer is added when the model is first used, from the same offline vocabulary as
+everywhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .clip_tokenizer import cache_dir, load_clip_tokenizer
+from .toyworld import COLOURS, NAMED_SHAPES, SIZE, Verdict, judge
+
+TEXT_WIDTH = 64
+
+
+def build_toy_components(seed: int = 0):
+    """Untrained VAE, UNet, text encoder and DDPM scheduler of the toy architecture."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=16,
+        sample_size=SIZE,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=SIZE // 2,
+        block_out_channels=(32, 64, 128),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=TEXT_WIDTH, intermediate_size=2 * TEXT_WIDTH, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=TEXT_WIDTH,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    ))
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, prediction_type="epsilon", clip_sample=False)
+    return vae, unet, text_encoder, scheduler
+
+
+def _pipeline(vae, unet, text_encoder, tokenizer, scheduler):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def save_toy_model(path: Path, vae, unet, text_encoder, scheduler) -> None:
+    """fp16 weights and configs; no tokenizer (it is rebuilt offline when the model is used)."""
+    pipe = _pipeline(vae, unet, text_encoder, load_clip_tokenizer(), scheduler)
+    pipe.to(torch.float16).save_pretrained(path, safe_serialization=True)
+    pipe.to(torch.float32)
+    shutil.rmtree(Path(path) / "tokenizer", ignore_errors=True)
+
+
+def shipped_weights() -> Path:
+    return Path(str(resources.files("tiforge") / "assets" / "toy_model"))
+
+
+def toy_model_dir() -> Path:
+    """A complete diffusers folder of the toy model (weights plus tokenizer), kept in the cache."""
+    src = shipped_weights()
+    if not (src / "model_index.json").is_file():
+        raise FileNotFoundError(f"{src}: the toy model weights are missing; run scripts/train_toy_model.py")
+    digest = hashlib.sha256()
+    for f in sorted(src.rglob("*.safetensors")):
+        digest.update(f.read_bytes())
+    target = cache_dir() / f"toy-model-{digest.hexdigest()[:12]}"
+    if not (target / "tokenizer").is_dir():
+        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("report.json", "train.log"))
+        load_clip_tokenizer().save_pretrained(tmp / "tokenizer")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    return target
+
+
+def load_toy_pipeline(model_dir: Path | None = None):
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir or toy_model_dir(), safety_checker=None,
+                                                   torch_dtype=torch.float32, local_files_only=True)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], per_prompt: int = 1, seed: int = 0, steps: int = 20, guidance: float = 4.0,
+             prompt_embeds: torch.Tensor | None = None, negative_embeds: torch.Tensor | None = None):
+    generator = torch.Generator().manual_seed(seed)
+    kwargs = dict(num_images_per_prompt=per_prompt, num_inference_steps=steps, guidance_scale=guidance,
+                  height=SIZE, width=SIZE, generator=generator)
+    if prompt_embeds is not None:
+        return pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, **kwargs).images
+    return pipe(prompts, **kwargs).images
+
+
+@dataclass
+class Tally:
+    hits: int = 0
+    total: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.hits / max(1, self.total)
+
+
+def evaluate_prompts(model_dir: Path, per_prompt: int = 2, seed: int = 0) -> dict:
+    """How well the model draws what it is told: judge accuracy for shape, colour and background."""
+    pipe = load_toy_pipeline(_with_tokenizer(model_dir))
+    shape, colour, background = Tally(), Tally(), Tally()
+    cases = [(s, c, "grey") for s in NAMED_SHAPES for c in COLOURS]
+    cases += [(s, "red", b) for s in NAMED_SHAPES for b in ("black", "white", "striped")]
+    prompts = [f"a {c} {s} on a {b} background" for s, c, b in cases]
+    images = generate(pipe, prompts, per_prompt=per_prompt, seed=seed)
+    for i, image in enumerate(images):
+        s, c, b = cases[i // per_prompt]
+        v: Verdict = judge(image)
+        for tally, ok in ((shape, v.shape == s), (colour, v.colour == c), (background, v.background == b)):
+            tally.total += 1
+            tally.hits += int(ok)
+    return {"images": len(images), "shape_accuracy": round(shape.rate, 3), "colour_accuracy": round(colour.rate, 3),
+            "background_accuracy": round(background.rate, 3)}
+
+
+def _with_tokenizer(model_dir: Path) -> Path:
+    if not (Path(model_dir) / "tokenizer").is_dir():
+        load_clip_tokenizer().save_pretrained(Path(model_dir) / "tokenizer")
+    return Path(model_dir)
+
+
+# ------------------------------------------------------------------ measuring a learned concept
+
+
+def concept_scenes(concept: str, n: int, seed: int):
+    """Scenes showing a held-out concept: the ring shape, or the checkered background."""
+    import numpy as np
+
+    from .toyworld import HELD_OUT_BACKGROUND, HELD_OUT_SHAPE, sample_scene
+
+    rng = np.random.default_rng(seed)
+    if concept == HELD_OUT_SHAPE:
+        return [sample_scene(rng, shape=HELD_OUT_SHAPE, background=str(rng.choice(["grey", "black", "white"])))
+                for _ in range(n)]
+    if concept == HELD_OUT_BACKGROUND:
+        return [sample_scene(rng, shape=str(rng.choice(NAMED_SHAPES)), background=HELD_OUT_BACKGROUND)
+                for _ in range(n)]
+    raise ValueError(f"unknown held-out concept {concept!r}; choose ring or checkered")
+
+
+def write_concept_images(concept: str, folder: Path, n: int = 6, seed: int = 0) -> Path:
+    from .toyworld import render
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, scene in enumerate(concept_scenes(concept, n, seed)):
+        render(scene).save(folder / f"{concept}_{i:02d}.png")
+    return folder
+
+
+def is_hit(concept: str, verdict: Verdict) -> bool:
+    return verdict.shape == concept if concept == "ring" else verdict.background == concept
+
+
+def hit_rate(pipe, concept: str, prompt: str, n: int = 16, seed: int = 1234) -> tuple[float, list]:
+    """Fraction of `n` generations the judge finds the concept in, and the images."""
+    images = generate(pipe, [prompt], per_prompt=n, seed=seed)
+    return sum(is_hit(concept, judge(im)) for im in images) / n, images
+
+
+def pipeline_with_embedding(embedding_path: Path, token: str, model_dir: Path | None = None):
+    """The toy pipeline with an embedding loaded the way users load one: diffusers' loader."""
+    pipe = load_toy_pipeline(model_dir)
+    pipe.load_textual_inversion(str(embedding_path), token=token)
+    return pipe
