@@ -109,3 +109,16 @@ def test_dataset_items_and_collate(tmp_path):
     assert batch["pixel_values"].shape == (2, 3, 32, 32)
     assert batch["input_ids"].shape == (2, 77)
     assert (batch["input_ids"] == 49408).sum() == 2 and (batch["input_ids"] == 49409).sum() == 2
+
+
+def test_epoch_order_depends_on_seed_and_epoch_and_can_skip():
+    from tiforge.data import EpochSampler
+
+    a, b = EpochSampler(10, seed=1), EpochSampler(10, seed=1)
+    a.begin(3)
+    b.begin(3, skip=4)
+    full = list(a)
+    assert sorted(i for _, i in full) == list(range(10)) and all(e == 3 for e, _ in full)
+    assert list(b) == full[4:] and len(b) == 6
+    a.begin(4)
+    assert list(a) != full

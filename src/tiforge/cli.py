@@ -159,14 +159,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "huggingface_hub", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    from .checkpoints import CheckpointError
     from .data import DatasetError
     from .embedding_files import EmbeddingFileError
+    from .interrupts import TrainingStopped
     from .model_loading import ModelLoadError
+    from .outputs import OutputError
     from .tokens import TokenError
 
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, EmbeddingFileError, ModelLoadError, TokenError) as err:
+    except TrainingStopped as err:
+        config = getattr(args, "config", None)
+        print(f"tiforge: {str(err).replace('CONFIG', config or 'CONFIG')}", file=sys.stderr)
+        return err.exit_code
+    except (ConfigError, DatasetError, EmbeddingFileError, ModelLoadError, TokenError, CheckpointError,
+            OutputError) as err:
         print(f"tiforge: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -179,6 +179,11 @@ class SdTextualInversionConfig(_Strict):
     save_model_as: Literal["safetensors", "pt", "bin", "ckpt"] = "safetensors"
     save_precision: Literal["float32", "float16", "bfloat16"] = "float32"
     install_embeddings_root: str | None = None
+    resume_from_checkpoint: str | None = None
+    """`latest` (the newest checkpoint of any run in base_output_dir), a checkpoint folder, a run folder,
+    or a checkpoint name such as `checkpoint-step_00001500`. The run continues in that run folder."""
+    max_nonfinite_steps: int = Field(5, ge=1)
+    """Steps in a row with a NaN/inf loss or gradient that are skipped before training stops."""
     """After training, also write `<root>/embeddings/<trigger>/learned_embeds.bin` (InvokeAI's layout)."""
     data_loader: TextualInversionSDDataLoaderConfig
 

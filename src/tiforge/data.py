@@ -1,8 +1,10 @@
 """Training data: image folders with optional captions, turned into (pixels or cached latents,
 token ids) batches.
 
-Randomness (template choice, crop, flip) draws from torch's generator, which the DataLoader seeds
-per worker from the run's seed, so a seeded run is reproducible with any number of workers.
+Every random choice about an item (template, caption shuffle, crop, flip) comes from a generator
+seeded by (run seed, epoch, item index) alone, and the order of an epoch from (run seed, epoch). So
+results do not depend on the number of workers, and a resumed run can start in the middle of an
+epoch without replaying it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import TextualInversionSDDataLoaderConfig
 from .templates import PRESETS
@@ -85,14 +87,14 @@ class Captioner:
         self.delimiter = dl.shuffle_caption_delimiter
         self.placeholder = placeholder
 
-    def __call__(self, original: str | None) -> str:
+    def __call__(self, original: str | None, rng: torch.Generator | None = None) -> str:
         caption = original or ""
         if self.delimiter and caption:
             parts = [p.strip() for p in caption.split(self.delimiter)]
-            order = torch.randperm(len(parts)).tolist()
+            order = torch.randperm(len(parts), generator=rng).tolist()
             caption = f"{self.delimiter} ".join(parts[i] for i in order)
         if self.templates:
-            template = self.templates[int(torch.randint(len(self.templates), ()).item())]
+            template = self.templates[int(torch.randint(len(self.templates), (), generator=rng).item())]
             prefix = template.format(self.placeholder.token)
             caption = f"{prefix} {caption}".strip() if self.keep_original else prefix
         return self.placeholder.expand(caption)
@@ -111,7 +113,9 @@ class Crop:
     original_size: tuple[int, int]  # (height, width) before resizing; SDXL conditions on these
 
 
-def resize_and_crop(image: Image.Image, size: tuple[int, int], center: bool, flip: bool) -> tuple[torch.Tensor, Crop]:
+def resize_and_crop(
+    image: Image.Image, size: tuple[int, int], center: bool, flip: bool, rng: torch.Generator | None = None
+) -> tuple[torch.Tensor, Crop]:
     height, width = size
     original = (image.height, image.width)
     scale = max(height / image.height, width / image.width)
@@ -120,8 +124,8 @@ def resize_and_crop(image: Image.Image, size: tuple[int, int], center: bool, fli
     if center:
         top, left = (new_h - height) // 2, (new_w - width) // 2
     else:
-        top = int(torch.randint(new_h - height + 1, ()).item())
-        left = int(torch.randint(new_w - width + 1, ()).item())
+        top = int(torch.randint(new_h - height + 1, (), generator=rng).item())
+        left = int(torch.randint(new_w - width + 1, (), generator=rng).item())
     image = image.crop((left, top, left + width, top + height))
     pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 127.5 - 1.0
     if flip:
@@ -129,18 +133,26 @@ def resize_and_crop(image: Image.Image, size: tuple[int, int], center: bool, fli
     return pixels, Crop(top, left, original)
 
 
+def item_rng(seed: int, epoch: int, index: int) -> torch.Generator:
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)
+    return torch.Generator().manual_seed(int(state[0] ^ (state[1] >> 1)) & (2**63 - 1))
+
+
 class TextualInversionDataset(Dataset):
-    """Items are {"pixel_values" or "latent_params", "input_ids", "caption", crop fields}.
+    """Items are {"pixel_values" or "latent_params", "input_ids", "caption", crop fields}, looked up
+    by (epoch, index) keys from `EpochSampler`.
 
     With `latent_params` set (cached VAE outputs), no image is decoded at all.
     """
 
-    def __init__(self, records: list[Record], dl: TextualInversionSDDataLoaderConfig, captioner: Captioner, tokenizer):
+    def __init__(self, records: list[Record], dl: TextualInversionSDDataLoaderConfig, captioner: Captioner, tokenizer,
+                 seed: int = 0):
         self.records = records
         self.dl = dl
         self.size = dl.height_width
         self.captioner = captioner
         self.tokenizer = tokenizer
+        self.seed = seed
         self.latent_params: list[torch.Tensor] | None = None
         self._images: dict[int, Image.Image] = {}
         if dl.dataset.keep_in_memory:
@@ -149,10 +161,10 @@ class TextualInversionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def image_tensor(self, index: int) -> tuple[torch.Tensor, Crop]:
+    def image_tensor(self, index: int, rng: torch.Generator | None = None) -> tuple[torch.Tensor, Crop]:
         image = self._images[index] if index in self._images else load_image(self.records[index].image)
-        flip = self.dl.random_flip and bool(torch.rand(()) < 0.5)
-        return resize_and_crop(image, self.size, center=self.dl.center_crop, flip=flip)
+        flip = self.dl.random_flip and bool(torch.rand((), generator=rng) < 0.5)
+        return resize_and_crop(image, self.size, center=self.dl.center_crop, flip=flip, rng=rng)
 
     def tokenize(self, caption: str) -> torch.Tensor:
         return self.tokenizer(
@@ -163,16 +175,42 @@ class TextualInversionDataset(Dataset):
             return_tensors="pt",
         ).input_ids[0]
 
-    def __getitem__(self, index: int) -> dict:
-        caption = self.captioner(self.records[index].caption)
+    def __getitem__(self, key: tuple[int, int] | int) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        rng = item_rng(self.seed, epoch, index)
+        caption = self.captioner(self.records[index].caption, rng)
         item = {"caption": caption, "input_ids": self.tokenize(caption)}
         if self.latent_params is not None:
             item["latent_params"] = self.latent_params[index]
         else:
-            item["pixel_values"], crop = self.image_tensor(index)
+            item["pixel_values"], crop = self.image_tensor(index, rng)
             item["crop_top_left"] = torch.tensor([crop.top, crop.left])
             item["original_size"] = torch.tensor(crop.original_size)
         return item
+
+
+class EpochSampler(Sampler):
+    """Yields (epoch, index) keys in an order that depends only on (seed, epoch).
+
+    `begin(epoch, skip)` picks the epoch and how many of its items were already used (resume).
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.epoch, self.skip = 1, 0
+
+    def begin(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
+        else:
+            order = torch.arange(self.size)
+        return iter([(self.epoch, int(i)) for i in order[self.skip :]])
+
+    def __len__(self) -> int:
+        return self.size - self.skip
 
 
 def collate(items: list[dict]) -> dict:
@@ -183,16 +221,14 @@ def collate(items: list[dict]) -> dict:
     return batch
 
 
-def make_dataloader(dataset: TextualInversionDataset, batch_size: int, num_workers: int, seed: int | None) -> DataLoader:
-    generator = torch.Generator()
-    generator.manual_seed(seed if seed is not None else torch.seed())
+def make_dataloader(dataset: TextualInversionDataset, batch_size: int, num_workers: int) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=True,
+        sampler=EpochSampler(len(dataset), dataset.seed),
         collate_fn=collate,
         num_workers=num_workers,
-        generator=generator,
+        # workers are cheap to keep and the sampler, not the workers, carries the epoch
         persistent_workers=num_workers > 0,
         drop_last=False,
     )
@@ -205,7 +241,7 @@ def cache_vae_outputs(dataset: TextualInversionDataset, vae, device, dtype, prog
     params = []
     indices = range(len(dataset))
     for index in progress(indices) if progress else indices:
-        pixels, _ = dataset.image_tensor(index)
+        pixels, _ = dataset.image_tensor(index)  # deterministic: caching needs center crops and no flips
         dist = vae.encode(pixels.unsqueeze(0).to(device, dtype)).latent_dist
         params.append(dist.parameters[0].to("cpu", torch.float32))
     dataset.latent_params = params

@@ -151,6 +151,7 @@ def load_embedding(path: str | Path) -> Embedding:
         data = _read_pickle(path)
     where = str(path)
     meta_token = meta.get("tiforge.placeholder")
+    meta_step = int(meta["tiforge.steps"]) if meta.get("tiforge.steps", "").isdigit() else None
     if "string_to_param" in data:  # A1111 and the original paper code
         params = data["string_to_param"]
         if not isinstance(params, dict) or len(params) != 1:
@@ -165,7 +166,8 @@ def load_embedding(path: str | Path) -> Embedding:
         return Embedding({token: tensor}, token=name, format="a1111", metadata=meta, step=step)
     if "emb_params" in data:  # kohya-ss sd-scripts, invoke-training
         token = meta_token or path.stem
-        return Embedding({token: _as_2d(data["emb_params"], where)}, token=meta_token, format="kohya", metadata=meta)
+        return Embedding({token: _as_2d(data["emb_params"], where)}, token=meta_token, format="kohya", metadata=meta,
+                         step=meta_step)
     if any(k in data for k in SDXL_KEYS):
         missing = [k for k in SDXL_KEYS if k not in data]
         if missing:
@@ -173,11 +175,12 @@ def load_embedding(path: str | Path) -> Embedding:
         vectors = {k: _as_2d(data[k], f"{where} [{k}]") for k in SDXL_KEYS}
         if vectors["clip_l"].shape[0] != vectors["clip_g"].shape[0]:
             raise EmbeddingFileError(f"{where}: clip_l and clip_g hold different vector counts")
-        return Embedding(vectors, token=meta_token, format="kohya", metadata=meta)
+        return Embedding(vectors, token=meta_token, format="kohya", metadata=meta, step=meta_step)
     tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
     if len(tensors) == 1 and len(data) == 1:  # diffusers {token: tensor}
         token, tensor = next(iter(tensors.items()))
-        return Embedding({str(token): _as_2d(tensor, where)}, token=str(token), format="diffusers", metadata=meta)
+        return Embedding({str(token): _as_2d(tensor, where)}, token=str(token), format="diffusers", metadata=meta,
+                         step=meta_step)
     raise EmbeddingFileError(
         f"{where}: unknown embedding layout with keys {sorted(map(str, data))[:8]}; expected "
         "{token: tensor} (diffusers), string_to_param (A1111), emb_params (kohya) or clip_l + clip_g (SDXL)"

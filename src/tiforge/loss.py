@@ -10,12 +10,42 @@ import torch
 import torch.nn.functional as F
 
 
-def sample_latents(latent_params: torch.Tensor, scaling_factor: float, generator=None) -> torch.Tensor:
-    """Draw latents from a cached VAE distribution (mean and log-variance stacked on channels)."""
+class NoiseSource:
+    """Noise, timesteps and latent samples drawn for the *global* batch and sliced for this process,
+    so that P processes with batch B train like one process with batch P*B, and a run resumed from
+    the generator's saved state draws exactly what it would have drawn."""
+
+    def __init__(self, seed: int, device, num_processes: int = 1, rank: int = 0):
+        self.generator = torch.Generator(device).manual_seed(seed)
+        self.device, self.num_processes, self.rank = device, num_processes, rank
+
+    def _mine(self, full: torch.Tensor, local: int) -> torch.Tensor:
+        return full[self.rank * local : (self.rank + 1) * local]
+
+    def randn(self, shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
+        full = torch.randn((shape[0] * self.num_processes, *shape[1:]), generator=self.generator, device=self.device,
+                           dtype=dtype)
+        return self._mine(full, shape[0])
+
+    def timesteps(self, batch: int, num_train_timesteps: int) -> torch.Tensor:
+        full = torch.randint(0, num_train_timesteps, (batch * self.num_processes,), generator=self.generator,
+                             device=self.device)
+        return self._mine(full, batch)
+
+    def state_dict(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def load_state_dict(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+
+def sample_latents(latent_params: torch.Tensor, scaling_factor: float, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Draw latents from a VAE distribution (mean and log-variance stacked on channels)."""
     mean, logvar = latent_params.chunk(2, dim=1)
     std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    return (mean + std * noise) * scaling_factor
+    if noise is None:
+        noise = torch.randn_like(mean)
+    return (mean + std * noise.to(mean.dtype)) * scaling_factor
 
 
 def training_target(noise_scheduler, latents, noise, timesteps, prediction_type: str) -> torch.Tensor:

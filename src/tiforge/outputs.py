@@ -1,16 +1,11 @@
-"""Where a run writes: its timestamped folder, embedding files and rotating checkpoints."""
+"""Where a run writes: its timestamped folder and the names of its files."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 
-import torch
-
-from .embedding_files import save_embedding
 
 
 def make_run_dir(base_output_dir: str | Path) -> Path:
@@ -32,26 +27,41 @@ def embedding_file_name(placeholder_token: str, extension: str = "safetensors") 
     return f"{stem}.{extension}"
 
 
-def save_checkpoint(
-    run_dir: Path, kind: str, index: int, token: str, vectors: torch.Tensor, metadata: dict, max_checkpoints: int | None,
-    **save_options,
-) -> Path:
-    """Save `checkpoints/checkpoint-{kind}_{index}`; only then drop the oldest of that kind.
+class OutputError(OSError):
+    """The output folder cannot take this run; the message says why and where."""
 
-    The folder is filled under a hidden name and renamed, so a crash never leaves a partial one.
-    """
-    root = run_dir / "checkpoints"
-    final = root / f"checkpoint-{kind}_{index:08d}"
-    tmp = root / f".{final.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    extension = save_options.pop("extension", "safetensors")
-    save_embedding(tmp / embedding_file_name(token, extension), token, vectors, metadata, **save_options)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    if max_checkpoints is not None:
-        done = sorted(p for p in root.glob(f"checkpoint-{kind}_*") if p.is_dir())
-        for old in done[: max(0, len(done) - max_checkpoints)]:
-            shutil.rmtree(old)
-    return final
+
+def check_output_space(base_output_dir: str | Path, needed_bytes: int) -> None:
+    """Fail before training, not hours into it, when the output folder is unwritable or too small."""
+    import shutil
+    import tempfile
+
+    base = Path(base_output_dir).expanduser()
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=base, prefix=".tiforge-write-test"):
+            pass
+    except OSError as err:
+        raise OutputError(f"base_output_dir {base}: cannot write there ({err.strerror or err})") from None
+    free = shutil.disk_usage(base).free
+    if free < needed_bytes:
+        raise OutputError(
+            f"base_output_dir {base}: {free / 2**20:.0f} MiB free, but this run needs about "
+            f"{needed_bytes / 2**20:.0f} MiB for checkpoints and validation images; free some space or "
+            "lower max_checkpoints / the validation settings"
+        )
+
+
+def estimate_output_bytes(config, num_vectors: int, dim: int, max_steps: int, updates_per_epoch: int) -> int:
+    vectors = num_vectors * dim * 4
+    checkpoint = vectors * 4 + 256 * 1024  # vectors, Adam moments, RNG states and configs
+    every = config.save_every_n_steps or (config.save_every_n_epochs or 0) * updates_per_epoch
+    count = max_steps // every if every else 0
+    if config.max_checkpoints is not None:
+        count = min(count, config.max_checkpoints + 1)
+    h, w = config.data_loader.height_width
+    image = h * w * 3 // 2  # a PNG of a photo is about half the raw size
+    val_every = config.validate_every_n_steps or (config.validate_every_n_epochs or 0) * updates_per_epoch
+    validations = (max_steps // val_every if val_every else 0) + 1
+    per_validation = len(config.validation_prompts) * config.num_validation_images_per_prompt * image * 2
+    return checkpoint * count + vectors + validations * per_validation + 16 * 2**20

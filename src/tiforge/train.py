@@ -1,13 +1,14 @@
 """The textual-inversion training recipe, top to bottom.
 
     config -> run folder -> accelerator -> frozen model -> placeholder vectors -> data
-           -> optimizer & schedule -> loop (loss, step, save, validate) -> final embedding
+           -> optimizer & schedule -> (resume) -> loop (loss, step, save, validate) -> final embedding
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .atomic import atomic_write_text
+from .checkpoints import (
+    CheckpointError,
+    capture_rng,
+    find_checkpoint,
+    incompatible_fields,
+    load_training_state,
+    restore_rng,
+    save_checkpoint,
+)
 from .config import ConfigError, SdTextualInversionConfig, dump_config
 from .data import (
     Captioner,
@@ -28,9 +38,10 @@ from .data import (
 )
 from .embedding_convert import install_for_invokeai
 from .embedding_files import save_embedding
-from .loss import denoising_loss, sample_latents
+from .interrupts import StopRequests, TrainingStopped
+from .loss import NoiseSource, denoising_loss, sample_latents
 from .model_loading import load_sd_components
-from .outputs import embedding_file_name, make_run_dir, save_checkpoint
+from .outputs import check_output_space, embedding_file_name, estimate_output_bytes, make_run_dir
 from .tokens import add_placeholder, initial_vectors, install_placeholder_embedding, num_vectors_for
 from .validation import generate_validation_images, log_validation_images
 
@@ -61,11 +72,340 @@ class TrainResult:
     checkpoint_dirs: list[Path] = field(default_factory=list)
 
 
+def train(
+    config: SdTextualInversionConfig,
+    progress: bool = True,
+    on_step: Callable[[StepInfo], None] | None = None,
+) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+
+    _check_precision(config, torch.cuda.is_available())
+
+    # --- run folder (new, or the resumed run's) and accelerator ---------------------------------
+    resume_from = find_checkpoint(config.resume_from_checkpoint, config.base_output_dir) \
+        if config.resume_from_checkpoint else None
+    state = load_training_state(resume_from) if resume_from else None
+    run_dir = resume_from.parent.parent if resume_from else _new_run_dir(config)
+    report_to = None if config.report_to in (None, "none") else config.report_to
+    _fresh_accelerator_state()
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision or "no",
+        log_with=report_to,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    )
+    main = accelerator.is_main_process
+    if main:
+        _log_to_run_dir(run_dir)
+    if state:
+        _check_resumable(state, config, resume_from)
+        log.info("resuming from %s (step %d)", resume_from, state["global_step"])
+        if main:
+            _remove_stale_temporaries(run_dir)
+    # Without a seed the run is still made of seeded parts, so that it can be resumed exactly.
+    seed = state["seed"] if state else config.seed if config.seed is not None else secrets.randbelow(2**31)
+    set_seed(seed)
+    noise = NoiseSource(seed, accelerator.device, accelerator.num_processes, accelerator.process_index)
+    weight_dtype = DTYPES[config.weight_dtype]
+    device = accelerator.device
+
+    # --- frozen model ---------------------------------------------------------------------------
+    log.info("loading model %s", config.model)
+    parts = load_sd_components(config.model, config.hf_variant, config.single_file_config)
+    prediction_type = config.prediction_type or parts.noise_scheduler.config.prediction_type
+    if config.prediction_type is not None:
+        parts.noise_scheduler.register_to_config(prediction_type=config.prediction_type)
+    for module in (parts.vae, parts.unet, parts.text_encoder):
+        module.requires_grad_(False)
+        module.to(device)
+        if module.dtype != weight_dtype:
+            module.to(dtype=weight_dtype)
+    log.info("%s model (text width %d), prediction_type %s", parts.family, parts.text_width, prediction_type)
+
+    # --- placeholder vectors: the only trainable parameters ------------------------------------
+    if state:
+        vectors = state["vectors"]
+    else:
+        vectors = initial_vectors(
+            parts.tokenizer,
+            parts.text_encoder.get_input_embeddings().weight,
+            num_vectors=num_vectors_for(config, parts.tokenizer),
+            initializer_token=config.initializer_token,
+            initial_phrase=config.initial_phrase,
+            initial_embedding_file=config.initial_embedding_file,
+            placeholder_token=config.placeholder_token,
+        )
+    num_vectors = vectors.shape[0]
+    placeholder = add_placeholder(parts.tokenizer, config.placeholder_token, num_vectors)
+    embedding = install_placeholder_embedding(parts.text_encoder, placeholder, vectors.to(device))
+    log.info("placeholder %r -> %d vector(s), token ids %s", placeholder.token, num_vectors, list(placeholder.ids))
+
+    if config.gradient_checkpointing:
+        # Both models only checkpoint in train mode; neither has dropout, so outputs are unchanged.
+        parts.unet.train()
+        parts.unet.enable_gradient_checkpointing()
+        parts.text_encoder.train()
+        parts.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.xformers:
+        parts.unet.enable_xformers_memory_efficient_attention()
+
+    # --- data ----------------------------------------------------------------------------------
+    scaling_factor = parts.vae.config.scaling_factor
+    dl = config.data_loader
+    records = find_records(dl)
+    uses_templates = dl.caption_preset is not None or dl.caption_templates is not None
+    check_captions_hold_placeholder(records, placeholder.token, uses_templates)
+    dataset = TextualInversionDataset(records, dl, Captioner(dl, placeholder), parts.tokenizer, seed=seed)
+    if config.cache_vae_outputs:
+        log.info("caching VAE outputs for %d images", len(dataset))
+        cache_vae_outputs(dataset, parts.vae, device, weight_dtype, progress=_bar("caching latents", main and progress))
+        # The VAE is only needed again to decode validation images: park it off the accelerator,
+        # or drop it when there is nothing to validate.
+        if config.validation_prompts:
+            parts.vae.to("cpu")
+        else:
+            parts.vae = None
+    dataloader = make_dataloader(dataset, config.train_batch_size, dl.dataloader_num_workers)
+    sampler = dataloader.sampler
+
+    # --- optimizer and schedule ----------------------------------------------------------------
+    batches_per_epoch = math.ceil(len(dataset) / (config.train_batch_size * accelerator.num_processes))
+    updates_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
+    max_steps = config.max_train_steps or config.max_train_epochs * updates_per_epoch
+    num_epochs = math.ceil(max_steps / updates_per_epoch)
+    lr = config.learning_rate
+    if config.scale_lr:
+        lr *= config.gradient_accumulation_steps * config.train_batch_size * accelerator.num_processes
+    optimizer = _build_optimizer(config, [embedding.vectors], lr)
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        # accelerate steps a prepared scheduler once per process per update.
+        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_steps * accelerator.num_processes,
+        num_cycles=config.lr_num_cycles,
+        power=config.lr_power,
+    )
+    text_encoder, optimizer, dataloader, lr_scheduler = accelerator.prepare(
+        parts.text_encoder, optimizer, dataloader, lr_scheduler
+    )
+
+    # --- where training starts: step 0, or the checkpoint's position ---------------------------
+    global_step, start_epoch, skip_batches = 0, 1, 0
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if accelerator.scaler is not None and state.get("scaler"):
+            accelerator.scaler.load_state_dict(state["scaler"])
+        noise.load_state_dict(state["noise"])
+        restore_rng(state["rng"])
+        global_step, start_epoch, skip_batches = state["global_step"], state["epoch"], state["batches_in_epoch"]
+        if skip_batches >= batches_per_epoch:
+            start_epoch, skip_batches = start_epoch + 1, 0
+
+    resolved = config.model_copy(update={"num_vectors": num_vectors, "seed": seed, "resume_from_checkpoint": None})
+    resolved_yaml = dump_config(resolved)
+    if main:
+        check_output_space(run_dir, estimate_output_bytes(config, num_vectors, parts.text_width, max_steps,
+                                                          updates_per_epoch))
+        if not state:
+            atomic_write_text(run_dir / "config.yaml", resolved_yaml)
+        tracker_config = {k: v for k, v in resolved.model_dump(mode="json").items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("tiforge", config=tracker_config)
+    log.info(
+        "%d images, batch %d x %d accumulation x %d process(es), %d update(s) per epoch, %d steps over %d epoch(s), lr %g",
+        len(dataset), config.train_batch_size, config.gradient_accumulation_steps, accelerator.num_processes,
+        updates_per_epoch, max_steps, num_epochs, lr,
+    )
+
+    # --- saving and validating -----------------------------------------------------------------
+    file_name = embedding_file_name(placeholder.token, config.save_model_as)
+    result = TrainResult(run_dir=run_dir, embedding_path=run_dir / file_name, global_step=global_step, final_loss=None)
+    metadata = {"tiforge.base_model": config.model, "tiforge.family": parts.family}
+    save_options = {"format": config.save_format, "precision": config.save_precision}
+
+    def current_vectors() -> torch.Tensor:
+        return accelerator.unwrap_model(text_encoder).get_input_embeddings().vectors.detach()
+
+    def save_final(step: int) -> None:
+        if main:
+            save_embedding(result.embedding_path, placeholder.token, current_vectors(), metadata, step=step,
+                           **save_options)
+            log.info("embedding saved: %s", result.embedding_path)
+        accelerator.wait_for_everyone()
+
+    def checkpoint(kind: str, index: int, epoch: int, batches_in_epoch: int) -> Path:
+        path = None
+        if main:
+            training_state = {
+                "format": 1, "global_step": global_step, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
+                "seed": seed, "vectors": current_vectors().cpu().float(),
+                "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                "noise": noise.state_dict().cpu(), "rng": capture_rng(), "config": resolved.model_dump(mode="json"),
+            }
+            path = save_checkpoint(run_dir, kind, index, placeholder.token, current_vectors(), metadata,
+                                   config.max_checkpoints, state=training_state, config_yaml=resolved_yaml,
+                                   step=global_step, extension=config.save_model_as, **save_options)
+            result.checkpoint_dirs.append(path)
+        accelerator.wait_for_everyone()
+        return path
+
+    def validate(label: str, step: int) -> None:
+        if main and config.validation_prompts:
+            out_dir = run_dir / "validation" / label
+            images = generate_validation_images(
+                components=parts,
+                text_encoder=accelerator.unwrap_model(text_encoder),
+                placeholder=placeholder,
+                prompts=config.validation_prompts,
+                negative_prompts=config.negative_validation_prompts,
+                images_per_prompt=config.num_validation_images_per_prompt,
+                num_inference_steps=config.num_validation_inference_steps,
+                guidance_scale=config.validation_guidance_scale,
+                resolution=dl.height_width,
+                seed=seed,
+                device=device,
+                out_dir=out_dir,
+                cpu_offload=config.enable_cpu_offload_during_validation,
+                autocast=accelerator.autocast,
+            )
+            log_validation_images(accelerator.trackers, images, config.validation_prompts, step)
+            result.validation_dirs.append(out_dir)
+            log.info("validation images: %s", out_dir)
+        accelerator.wait_for_everyone()
+
+    def stop(message: str, exit_code: int, epoch: int, batches_in_epoch: int) -> None:
+        path = checkpoint("step", global_step, epoch, batches_in_epoch)
+        save_final(global_step)
+        accelerator.end_training()
+        raise TrainingStopped(f"{message}\nSaved step {global_step}: {result.embedding_path}\nTo go on: tiforge train "
+                              f"CONFIG --set resume_from_checkpoint={path or run_dir}", exit_code)
+
+    # --- the loop ------------------------------------------------------------------------------
+    bar = tqdm(total=max_steps, initial=global_step, desc="training", disable=not (main and progress),
+               dynamic_ncols=True)
+    window_loss, window_batches = torch.zeros((), device=device), 0  # loss averaged over accumulation
+    nonfinite_in_a_row = 0
+    step_started = time.perf_counter()
+    with StopRequests() as stop_requests:
+        for epoch in range(start_epoch, num_epochs + 1):
+            if global_step >= max_steps:
+                break
+            skip = skip_batches if epoch == start_epoch else 0
+            sampler.begin(epoch, skip * config.train_batch_size * accelerator.num_processes)
+            accelerator.step = skip  # accelerate's position in the accumulation window
+            batches_in_epoch = skip
+            text_encoder.train(config.gradient_checkpointing)
+            for batch in dataloader:
+                batches_in_epoch += 1
+                with accelerator.accumulate(text_encoder), accelerator.autocast():
+                    if "latent_params" in batch:
+                        params = batch["latent_params"].to(device)
+                    else:
+                        with torch.no_grad():
+                            params = parts.vae.encode(batch["pixel_values"].to(device, weight_dtype)).latent_dist.parameters
+                    mean_shape = (params.shape[0], params.shape[1] // 2, *params.shape[2:])
+                    latents = sample_latents(params, scaling_factor, noise.randn(mean_shape)).to(weight_dtype)
+                    hidden = text_encoder(batch["input_ids"].to(device))[0].to(weight_dtype)
+                    loss = denoising_loss(
+                        parts.unet, parts.noise_scheduler, latents, hidden,
+                        prediction_type=prediction_type, min_snr_gamma=config.min_snr_gamma,
+                        noise=noise.randn(latents.shape).to(latents.dtype),
+                        timesteps=noise.timesteps(latents.shape[0], parts.noise_scheduler.config.num_train_timesteps),
+                    )
+                    accelerator.backward(loss)
+                    window_loss += loss.detach().float()
+                    window_batches += 1
+                    finite = True
+                    if accelerator.sync_gradients:
+                        # Gradients are averaged over processes by now, so every process decides alike.
+                        finite = accelerator.scaler is not None or bool(torch.isfinite(embedding.vectors.grad).all())
+                        if finite and config.max_grad_norm is not None:
+                            accelerator.clip_grad_norm_([embedding.vectors], config.max_grad_norm)
+                    if finite:
+                        before = embedding.vectors.detach().clone() if accelerator.sync_gradients else None
+                        optimizer.step()
+                        lr_scheduler.step()
+                        if before is not None and not bool(torch.isfinite(embedding.vectors).all()):
+                            embedding.vectors.data.copy_(before)  # an update that overflowed: undo it
+                            finite = False
+                    optimizer.zero_grad(set_to_none=True)
+
+                if not accelerator.sync_gradients:
+                    continue
+                if not finite:
+                    nonfinite_in_a_row += 1
+                    log.warning("non-finite gradient at step %d: step skipped (%d in a row)",
+                                global_step + 1, nonfinite_in_a_row)
+                    window_loss.zero_()
+                    window_batches = 0
+                    if nonfinite_in_a_row >= config.max_nonfinite_steps:
+                        stop(f"Training stopped: {nonfinite_in_a_row} steps in a row had NaN/inf gradients "
+                             "(max_nonfinite_steps). Lower the learning rate, or use bf16/fp32 instead of fp16.",
+                             3, epoch, batches_in_epoch)
+                    continue
+                nonfinite_in_a_row = 0
+                global_step += 1
+                result.final_loss = (window_loss / window_batches).item()
+                window_loss.zero_()
+                window_batches = 0
+                step_seconds = time.perf_counter() - step_started
+                logs = {"loss": result.final_loss, "lr": lr_scheduler.get_last_lr()[0]}
+                accelerator.log(logs, step=global_step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", epoch=epoch)
+                if on_step is not None and main:
+                    on_step(StepInfo(global_step, max_steps, epoch, logs["loss"], logs["lr"], step_seconds))
+                if _agreed(accelerator, stop_requests.requested):
+                    stop("Training interrupted.", stop_requests.exit_code, epoch, batches_in_epoch)
+                if config.save_every_n_steps and global_step % config.save_every_n_steps == 0 and global_step < max_steps:
+                    checkpoint("step", global_step, epoch, batches_in_epoch)
+                if config.validate_every_n_steps and global_step % config.validate_every_n_steps == 0 and global_step < max_steps:
+                    validate(f"step_{global_step:08d}", global_step)
+                if global_step >= max_steps:
+                    break
+                step_started = time.perf_counter()
+            last_epoch = global_step >= max_steps
+            if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and not last_epoch:
+                checkpoint("epoch", epoch, epoch, batches_in_epoch)
+            if config.validate_every_n_epochs and epoch % config.validate_every_n_epochs == 0 and not last_epoch:
+                validate(f"epoch_{epoch:04d}", global_step)
+            step_started = time.perf_counter()
+    bar.close()
+    result.global_step = global_step
+
+    # --- final embedding -------------------------------------------------------------------------
+    _check_ranks_agree(accelerator, current_vectors())
+    save_final(global_step)
+    if main and config.install_embeddings_root:
+        installed = install_for_invokeai(result.embedding_path, config.install_embeddings_root, placeholder.token)
+        log.info("installed for InvokeAI: %s", installed)
+    validate("final", global_step)
+    accelerator.end_training()
+    return result
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
 def _check_precision(config: SdTextualInversionConfig, cuda: bool) -> None:
     if config.mixed_precision == "fp16" and not cuda:
         raise ConfigError("mixed_precision: fp16 needs a CUDA GPU; on this machine use bf16 or no")
     if config.xformers and not cuda:
         raise ConfigError("xformers: xformers attention needs a CUDA GPU; set xformers: false")
+
+
+def _check_resumable(state: dict, config: SdTextualInversionConfig, folder: Path) -> None:
+    current = config.model_dump(mode="json")
+    problems = incompatible_fields(state["config"], current)
+    if problems:
+        raise CheckpointError(
+            f"{folder}: cannot resume with a different setup; change these back or start a new run:\n  - "
+            + "\n  - ".join(problems)
+        )
 
 
 def _new_run_dir(config: SdTextualInversionConfig) -> Path:
@@ -77,6 +417,30 @@ def _new_run_dir(config: SdTextualInversionConfig) -> Path:
     if state.num_processes > 1:
         broadcast_object_list(holder)
     return Path(holder[0])
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Half-written files of a killed run live only under hidden temporary names; clear them away."""
+    import shutil
+
+    for tmp in sorted(run_dir.rglob(".*.tmp"), key=lambda p: len(p.parts), reverse=True):
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def _agreed(accelerator, flag: bool) -> bool:
+    """True when any process saw `flag`; every process must stop at the same step."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item() > 0)
+
+
+def _check_ranks_agree(accelerator, vectors: torch.Tensor) -> None:
+    if accelerator.num_processes == 1:
+        return
+    gathered = accelerator.gather(vectors.unsqueeze(0))
+    if not all(torch.equal(gathered[0], g) for g in gathered[1:]):
+        raise RuntimeError("the learned vectors differ between processes; data-parallel training went out of step")
+    log.info("vectors identical across %d processes", accelerator.num_processes)
 
 
 def _fresh_accelerator_state() -> None:
@@ -97,238 +461,6 @@ def _log_to_run_dir(run_dir: Path) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-
-
-def train(
-    config: SdTextualInversionConfig,
-    progress: bool = True,
-    on_step: Callable[[StepInfo], None] | None = None,
-) -> TrainResult:
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-    from diffusers.optimization import get_scheduler
-
-    _check_precision(config, torch.cuda.is_available())
-
-    # --- run folder and accelerator -----------------------------------------------------------
-    run_dir = _new_run_dir(config)
-    report_to = None if config.report_to in (None, "none") else config.report_to
-    _fresh_accelerator_state()
-    accelerator = Accelerator(
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=config.mixed_precision or "no",
-        log_with=report_to,
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
-    )
-    main = accelerator.is_main_process
-    if main:
-        _log_to_run_dir(run_dir)
-    if config.seed is not None:
-        set_seed(config.seed)
-    weight_dtype = DTYPES[config.weight_dtype]
-    device = accelerator.device
-
-    # --- frozen model ---------------------------------------------------------------------------
-    log.info("loading model %s", config.model)
-    parts = load_sd_components(config.model, config.hf_variant, config.single_file_config)
-    prediction_type = config.prediction_type or parts.noise_scheduler.config.prediction_type
-    if config.prediction_type is not None:
-        parts.noise_scheduler.register_to_config(prediction_type=config.prediction_type)
-    for module in (parts.vae, parts.unet, parts.text_encoder):
-        module.requires_grad_(False)
-        module.to(device)
-        if module.dtype != weight_dtype:
-            module.to(dtype=weight_dtype)
-    log.info("%s model (text width %d), prediction_type %s", parts.family, parts.text_width, prediction_type)
-
-    # --- placeholder vectors: the only trainable parameters ------------------------------------
-    table = parts.text_encoder.get_input_embeddings().weight
-    num_vectors = num_vectors_for(config, parts.tokenizer)
-    vectors = initial_vectors(
-        parts.tokenizer,
-        table,
-        num_vectors=num_vectors,
-        initializer_token=config.initializer_token,
-        initial_phrase=config.initial_phrase,
-        initial_embedding_file=config.initial_embedding_file,
-        placeholder_token=config.placeholder_token,
-    )
-    placeholder = add_placeholder(parts.tokenizer, config.placeholder_token, num_vectors)
-    embedding = install_placeholder_embedding(parts.text_encoder, placeholder, vectors.to(device))
-    log.info("placeholder %r -> %d vector(s), token ids %s", placeholder.token, num_vectors, list(placeholder.ids))
-
-    if config.gradient_checkpointing:
-        # Both models only checkpoint in train mode; neither has dropout, so outputs are unchanged.
-        parts.unet.train()
-        parts.unet.enable_gradient_checkpointing()
-        parts.text_encoder.train()
-        parts.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if config.xformers:
-        parts.unet.enable_xformers_memory_efficient_attention()
-
-    # --- data ----------------------------------------------------------------------------------
-    vae_config = parts.vae.config
-    dl = config.data_loader
-    records = find_records(dl)
-    uses_templates = dl.caption_preset is not None or dl.caption_templates is not None
-    check_captions_hold_placeholder(records, placeholder.token, uses_templates)
-    dataset = TextualInversionDataset(records, dl, Captioner(dl, placeholder), parts.tokenizer)
-    if config.cache_vae_outputs:
-        log.info("caching VAE outputs for %d images", len(dataset))
-        cache_vae_outputs(dataset, parts.vae, device, weight_dtype, progress=_bar("caching latents", main and progress))
-        # The VAE is only needed again to decode validation images: park it off the accelerator,
-        # or drop it when there is nothing to validate.
-        if config.validation_prompts:
-            parts.vae.to("cpu")
-        else:
-            parts.vae = None
-    dataloader = make_dataloader(dataset, config.train_batch_size, dl.dataloader_num_workers, config.seed)
-
-    # --- optimizer and schedule ----------------------------------------------------------------
-    updates_per_epoch = math.ceil(len(dataloader) / config.gradient_accumulation_steps)
-    max_steps = config.max_train_steps or config.max_train_epochs * updates_per_epoch
-    num_epochs = math.ceil(max_steps / updates_per_epoch)
-    lr = config.learning_rate
-    if config.scale_lr:
-        lr *= config.gradient_accumulation_steps * config.train_batch_size * accelerator.num_processes
-    optimizer = _build_optimizer(config, [embedding.vectors], lr)
-    lr_scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer=optimizer,
-        # accelerate steps a prepared scheduler once per process per update.
-        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_steps * accelerator.num_processes,
-        num_cycles=config.lr_num_cycles,
-        power=config.lr_power,
-    )
-    text_encoder, optimizer, dataloader, lr_scheduler = accelerator.prepare(
-        parts.text_encoder, optimizer, dataloader, lr_scheduler
-    )
-
-    if main:
-        resolved = config.model_copy(update={"num_vectors": num_vectors})
-        atomic_write_text(run_dir / "config.yaml", dump_config(resolved))
-        tracker_config = {k: v for k, v in resolved.model_dump(mode="json").items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers("tiforge", config=tracker_config)
-    log.info(
-        "%d images, batch %d x %d accumulation x %d process(es), %d update(s) per epoch, %d steps over %d epoch(s), lr %g",
-        len(dataset), config.train_batch_size, config.gradient_accumulation_steps, accelerator.num_processes,
-        updates_per_epoch, max_steps, num_epochs, lr,
-    )
-
-    # --- saving and validating -----------------------------------------------------------------
-    file_name = embedding_file_name(placeholder.token, config.save_model_as)
-    result = TrainResult(run_dir=run_dir, embedding_path=run_dir / file_name, global_step=0, final_loss=None)
-    metadata = {"tiforge.base_model": config.model, "tiforge.family": parts.family}
-    save_options = {"format": config.save_format, "precision": config.save_precision}
-    scaling_factor = vae_config.scaling_factor
-
-    def current_vectors() -> torch.Tensor:
-        return accelerator.unwrap_model(text_encoder).get_input_embeddings().vectors.detach()
-
-    def checkpoint(kind: str, index: int, step: int) -> None:
-        if main:
-            path = save_checkpoint(run_dir, kind, index, placeholder.token, current_vectors(), metadata,
-                                   config.max_checkpoints, step=step, extension=config.save_model_as, **save_options)
-            result.checkpoint_dirs.append(path)
-        accelerator.wait_for_everyone()
-
-    def validate(label: str, step: int) -> None:
-        if main and config.validation_prompts:
-            out_dir = run_dir / "validation" / label
-            images = generate_validation_images(
-                components=parts,
-                text_encoder=accelerator.unwrap_model(text_encoder),
-                placeholder=placeholder,
-                prompts=config.validation_prompts,
-                negative_prompts=config.negative_validation_prompts,
-                images_per_prompt=config.num_validation_images_per_prompt,
-                num_inference_steps=config.num_validation_inference_steps,
-                guidance_scale=config.validation_guidance_scale,
-                resolution=dl.height_width,
-                seed=config.seed,
-                device=device,
-                out_dir=out_dir,
-                cpu_offload=config.enable_cpu_offload_during_validation,
-                autocast=accelerator.autocast,
-            )
-            log_validation_images(accelerator.trackers, images, config.validation_prompts, step)
-            result.validation_dirs.append(out_dir)
-            log.info("validation images: %s", out_dir)
-        accelerator.wait_for_everyone()
-
-    # --- the loop ------------------------------------------------------------------------------
-    bar = tqdm(total=max_steps, desc="training", disable=not (main and progress), dynamic_ncols=True)
-    global_step = 0
-    window_loss, window_batches = torch.zeros((), device=device), 0  # loss averaged over accumulation
-    step_started = time.perf_counter()
-    for epoch in range(1, num_epochs + 1):
-        text_encoder.train(config.gradient_checkpointing)
-        for batch in dataloader:
-            with accelerator.accumulate(text_encoder), accelerator.autocast():
-                if "latent_params" in batch:
-                    latents = sample_latents(batch["latent_params"].to(device), scaling_factor).to(weight_dtype)
-                else:
-                    with torch.no_grad():
-                        pixels = batch["pixel_values"].to(device, weight_dtype)
-                        latents = parts.vae.encode(pixels).latent_dist.sample() * scaling_factor
-                hidden = text_encoder(batch["input_ids"].to(device))[0].to(weight_dtype)
-                loss = denoising_loss(
-                    parts.unet, parts.noise_scheduler, latents, hidden,
-                    prediction_type=prediction_type, min_snr_gamma=config.min_snr_gamma,
-                )
-                accelerator.backward(loss)
-                window_loss += loss.detach().float()
-                window_batches += 1
-                if accelerator.sync_gradients and config.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_([embedding.vectors], config.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            result.final_loss = (window_loss / window_batches).item()
-            window_loss.zero_()
-            window_batches = 0
-            step_seconds = time.perf_counter() - step_started
-            logs = {"loss": result.final_loss, "lr": lr_scheduler.get_last_lr()[0]}
-            accelerator.log(logs, step=global_step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", epoch=epoch)
-            if on_step is not None and main:
-                on_step(StepInfo(global_step, max_steps, epoch, logs["loss"], logs["lr"], step_seconds))
-            if config.save_every_n_steps and global_step % config.save_every_n_steps == 0 and global_step < max_steps:
-                checkpoint("step", global_step, global_step)
-            if config.validate_every_n_steps and global_step % config.validate_every_n_steps == 0 and global_step < max_steps:
-                validate(f"step_{global_step:08d}", global_step)
-            if global_step >= max_steps:
-                break
-            step_started = time.perf_counter()
-        last_epoch = global_step >= max_steps
-        if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and not last_epoch:
-            checkpoint("epoch", epoch, global_step)
-        if config.validate_every_n_epochs and epoch % config.validate_every_n_epochs == 0 and not last_epoch:
-            validate(f"epoch_{epoch:04d}", global_step)
-        if last_epoch:
-            break
-        step_started = time.perf_counter()
-    bar.close()
-    result.global_step = global_step
-
-    # --- final embedding -------------------------------------------------------------------------
-    if main:
-        save_embedding(result.embedding_path, placeholder.token, current_vectors(), metadata, step=global_step,
-                       **save_options)
-        log.info("embedding saved: %s", result.embedding_path)
-        if config.install_embeddings_root:
-            installed = install_for_invokeai(result.embedding_path, config.install_embeddings_root, placeholder.token)
-            log.info("installed for InvokeAI: %s", installed)
-    accelerator.wait_for_everyone()
-    validate("final", global_step)
-    accelerator.end_training()
-    return result
 
 
 def _build_optimizer(config: SdTextualInversionConfig, params, lr: float):

@@ -1,0 +1,151 @@
+"""Checkpoints: the embedding so far plus everything a run needs to continue exactly where it
+stopped (optimizer, LR schedule, gradient scaler, counters, data position, every RNG state).
+
+A checkpoint folder is filled under a hidden name and renamed when complete, so a crash, a kill
+or a full disk at any moment leaves the earlier checkpoints loadable and never a half one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import atomic_write, atomic_write_text
+from .embedding_files import save_embedding
+from .outputs import embedding_file_name
+
+STATE_FILE = "training_state.pt"
+POSITION_FILE = "position.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from; the message names it."""
+
+
+def capture_rng() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        # as plain lists: the state file is read back with weights_only=True
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    run_dir: Path, kind: str, index: int, token: str, vectors: torch.Tensor, metadata: dict,
+    max_checkpoints: int | None, state: dict | None = None, config_yaml: str | None = None, **save_options,
+) -> Path:
+    """Write `checkpoints/checkpoint-{kind}_{index}`; only then drop the oldest of that kind."""
+    root = run_dir / "checkpoints"
+    final = root / f"checkpoint-{kind}_{index:08d}"
+    tmp = root / f".{final.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    extension = save_options.pop("extension", "safetensors")
+    save_embedding(tmp / embedding_file_name(token, extension), token, vectors, metadata, **save_options)
+    if state is not None:
+        atomic_write(tmp / STATE_FILE, lambda p: torch.save(state, str(p)))
+        position = {k: state[k] for k in ("global_step", "epoch", "batches_in_epoch")}
+        atomic_write_text(tmp / POSITION_FILE, json.dumps(position))
+    if config_yaml is not None:
+        atomic_write_text(tmp / "config.yaml", config_yaml)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if max_checkpoints is not None:
+        done = sorted(p for p in root.glob(f"checkpoint-{kind}_*") if p.is_dir())
+        for old in done[: max(0, len(done) - max_checkpoints)]:
+            shutil.rmtree(old)
+    return final
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / STATE_FILE).is_file() and (folder / POSITION_FILE).is_file() and not folder.name.startswith(".")
+
+
+def _step_of(folder: Path) -> int:
+    return json.loads((folder / POSITION_FILE).read_text())["global_step"]
+
+
+def _latest_in(folders) -> Path | None:
+    done = [f for f in folders if _complete(f)]
+    return max(done, key=lambda f: (_step_of(f), f.stat().st_mtime)) if done else None
+
+
+def find_checkpoint(spec: str, base_output_dir: str | Path) -> Path:
+    """`latest` (the newest run in base_output_dir that has one), a checkpoint folder, a run folder,
+    or a checkpoint's name such as `checkpoint-step_00001500` (looked up in base_output_dir)."""
+    base = Path(base_output_dir).expanduser()
+    if spec == "latest":
+        runs = sorted((p for p in base.glob("*") if (p / "checkpoints").is_dir()), reverse=True) if base.is_dir() else []
+        for run in runs:
+            found = _latest_in((run / "checkpoints").iterdir())
+            if found:
+                return found
+        raise CheckpointError(f"resume_from_checkpoint: latest: no complete checkpoint in any run folder of {base}")
+    path = Path(spec).expanduser()
+    if path.is_dir() and _complete(path):
+        return path
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        found = _latest_in((path / "checkpoints").iterdir())
+        if found:
+            return found
+        raise CheckpointError(f"resume_from_checkpoint: {path}: this run folder has no complete checkpoint")
+    if path.is_dir():
+        raise CheckpointError(f"resume_from_checkpoint: {path}: not a checkpoint (no {STATE_FILE}) nor a run folder")
+    named = sorted(base.glob(f"*/checkpoints/{spec}")) if base.is_dir() else []
+    named = [p for p in named if _complete(p)]
+    if named:
+        return named[-1]
+    raise CheckpointError(
+        f"resume_from_checkpoint: {spec}: no such checkpoint; give 'latest', a checkpoint folder, a run folder, "
+        f"or a checkpoint name found under {base}"
+    )
+
+
+def load_training_state(folder: Path) -> dict:
+    try:
+        return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{folder / STATE_FILE}: unreadable training state ({err})") from None
+
+
+# Fields that may change between the stopped run and its resumption; anything else must match.
+RESUMABLE_CHANGES = {
+    "max_train_steps", "max_train_epochs", "save_every_n_steps", "save_every_n_epochs", "validate_every_n_steps",
+    "validate_every_n_epochs", "max_checkpoints", "validation_prompts", "negative_validation_prompts",
+    "num_validation_images_per_prompt", "num_validation_inference_steps", "validation_guidance_scale",
+    "enable_cpu_offload_during_validation", "report_to", "resume_from_checkpoint", "dataloader_num_workers",
+    "install_embeddings_root", "save_format", "save_model_as", "save_precision", "max_nonfinite_steps",
+    "base_output_dir", "seed", "num_vectors",
+}
+
+
+def incompatible_fields(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        if key in RESUMABLE_CHANGES:
+            continue
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += incompatible_fields(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: checkpoint has {a!r}, config has {b!r}")
+    return out
