@@ -59,7 +59,8 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     extension = save_options.pop("extension", "safetensors")
-    save_embedding(tmp / embedding_file_name(token, extension), token, vectors, metadata, **save_options)
+    file_name = save_options.pop("file_name", None) or embedding_file_name(token, extension)
+    save_embedding(tmp / file_name, token, vectors, metadata, **save_options)
     if state is not None:
         atomic_write(tmp / STATE_FILE, lambda p: torch.save(state, str(p)))
         position = {k: state[k] for k in ("global_step", "epoch", "batches_in_epoch")}
@@ -134,7 +135,7 @@ RESUMABLE_CHANGES = {
     "num_validation_images_per_prompt", "num_validation_inference_steps", "validation_guidance_scale",
     "enable_cpu_offload_during_validation", "report_to", "resume_from_checkpoint", "dataloader_num_workers",
     "install_embeddings_root", "save_format", "save_model_as", "save_precision", "max_nonfinite_steps",
-    "base_output_dir", "seed", "num_vectors",
+    "base_output_dir", "seed", "num_vectors", "output_name", "allow_tf32", "push_to_hub", "hub_model_id", "hub_token", "xformers", "gradient_checkpointing",
 }
 
 

@@ -15,8 +15,19 @@ def _example_config() -> str:
     return (resources.files("tiforge") / "assets" / "example_config.yaml").read_text(encoding="utf-8")
 
 
+def _train_config(args):
+    """YAML file (optional), then --set overrides, then flags of any of the tools users come from."""
+    from .cli_flags import apply_flag_overrides, flags_to_overrides
+    from .config import apply_overrides, config_from_dict, read_config_file
+
+    data = read_config_file(args.config) if args.config else {}
+    data = apply_overrides(data, args.set)
+    data = apply_flag_overrides(data, flags_to_overrides(args.flags))
+    return config_from_dict(data, args.config or "command line")
+
+
 def _cmd_train(args) -> int:
-    config = load_config(args.config, args.set)
+    config = _train_config(args)
     if args.print_config:
         print(dump_config(config), end="")
         return 0
@@ -90,8 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tiforge {__import__('tiforge').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train an embedding from a YAML config")
-    p.add_argument("config", help="YAML config (invoke-training SD_TEXTUAL_INVERSION schema)")
+    p = sub.add_parser(
+        "train", help="train an embedding from a YAML config and/or flags",
+        epilog="Every config field is also a flag (--max_train_steps 3000, --resolution 512, ...), and so are the "
+               "flags of the diffusers example (--pretrained_model_name_or_path, --train_data_dir, "
+               "--learnable_property, --checkpointing_steps, --validation_prompt, ...), invokeai-ti (--model, "
+               "--root, ...) and kohya-ss (--token_string, --init_word, --num_vectors_per_token, --weights, "
+               "--use_object_template, --save_model_as, --cache_latents, --xformers, ...).",
+    )
+    # The optional YAML path right after `train` is taken off in main(): argparse would mistake
+    # the values of other tools' flags for it.
+    p.usage = "tiforge train [CONFIG.yaml] [--set KEY=VALUE ...] [--print-config] [-q] [--FLAG VALUE ...]"
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, dotted for nested ones (e.g. optimizer.learning_rate=1e-3)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -155,13 +175,24 @@ def main(argv: list[str] | None = None) -> int:
     # Library chatter (optional-dependency notices, deprecation hints) drowns tiforge's own messages.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_path = None
+    if argv[:1] == ["train"] and len(argv) > 1 and not argv[1].startswith("-"):
+        # The YAML file comes right after `train`; later bare words are values of other tools' flags.
+        config_path = argv.pop(1)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.config, args.flags = config_path, extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "huggingface_hub", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from .checkpoints import CheckpointError
     from .data import DatasetError
     from .embedding_files import EmbeddingFileError
+    from .hub import HubUploadError
     from .interrupts import TrainingStopped
     from .model_loading import ModelLoadError
     from .outputs import OutputError
@@ -169,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
+    except HubUploadError as err:
+        print(f"tiforge: error: {err}", file=sys.stderr)
+        return 1
     except TrainingStopped as err:
         config = getattr(args, "config", None)
         print(f"tiforge: {str(err).replace('CONFIG', config or 'CONFIG')}", file=sys.stderr)

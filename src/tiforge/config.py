@@ -95,7 +95,8 @@ class TextualInversionSDDataLoaderConfig(_Strict):
 
 
 class AdamWOptimizerConfig(_Strict):
-    optimizer_type: Literal["AdamW"] = "AdamW"
+    # AdamW8bit (kohya's name) uses bitsandbytes on a CUDA GPU, and plain AdamW elsewhere.
+    optimizer_type: Literal["AdamW", "AdamW8bit"] = "AdamW"
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
     beta1: float = Field(0.9, ge=0, lt=1)
@@ -173,6 +174,13 @@ class SdTextualInversionConfig(_Strict):
     train_batch_size: int = Field(4, ge=1)
     use_masks: bool = False
 
+    push_to_hub: bool = False
+    """Upload the final embedding to the hub repo `hub_model_id` (default: the output folder's name)."""
+    hub_model_id: str | None = None
+    hub_token: str | None = None
+    output_name: str | None = None
+    """File name (without extension) of the saved embeddings; default: the placeholder."""
+    allow_tf32: bool = False
     save_format: Literal["diffusers", "a1111", "kohya"] = "diffusers"
     """Layout of the saved embeddings: diffusers `{token: tensor}`, a1111 `string_to_param` (.pt), or
     kohya `emb_params` (also what invoke-training writes)."""
@@ -362,7 +370,7 @@ def config_from_dict(data: dict, source: str = "config") -> SdTextualInversionCo
         raise ConfigError(format_validation_error(err, source)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> SdTextualInversionConfig:
+def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -372,7 +380,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SdTextu
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config fields at the top level")
-    return config_from_dict(apply_overrides(data, overrides or []), str(path))
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> SdTextualInversionConfig:
+    return config_from_dict(apply_overrides(read_config_file(path), overrides or []), str(path))
 
 
 def dump_config(config: SdTextualInversionConfig) -> str:

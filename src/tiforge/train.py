@@ -38,6 +38,7 @@ from .data import (
 )
 from .embedding_convert import install_for_invokeai
 from .embedding_files import save_embedding
+from .hub import push_embedding
 from .interrupts import StopRequests, TrainingStopped
 from .loss import NoiseSource, denoising_loss, sample_latents
 from .model_loading import load_sd_components
@@ -81,11 +82,13 @@ def train(
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
 
-    _check_precision(config, torch.cuda.is_available())
+    config = _fit_to_machine(config, torch.cuda.is_available())
+    if config.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
     # --- run folder (new, or the resumed run's) and accelerator ---------------------------------
-    resume_from = find_checkpoint(config.resume_from_checkpoint, config.base_output_dir) \
-        if config.resume_from_checkpoint else None
+    resume_from = _resume_point(config)
     state = load_training_state(resume_from) if resume_from else None
     run_dir = resume_from.parent.parent if resume_from else _new_run_dir(config)
     report_to = None if config.report_to in (None, "none") else config.report_to
@@ -221,7 +224,7 @@ def train(
     )
 
     # --- saving and validating -----------------------------------------------------------------
-    file_name = embedding_file_name(placeholder.token, config.save_model_as)
+    file_name = embedding_file_name(config.output_name or placeholder.token, config.save_model_as)
     result = TrainResult(run_dir=run_dir, embedding_path=run_dir / file_name, global_step=global_step, final_loss=None)
     metadata = {"tiforge.base_model": config.model, "tiforge.family": parts.family}
     save_options = {"format": config.save_format, "precision": config.save_precision}
@@ -248,7 +251,8 @@ def train(
             }
             path = save_checkpoint(run_dir, kind, index, placeholder.token, current_vectors(), metadata,
                                    config.max_checkpoints, state=training_state, config_yaml=resolved_yaml,
-                                   step=global_step, extension=config.save_model_as, **save_options)
+                                   step=global_step, extension=config.save_model_as, file_name=file_name,
+                                   **save_options)
             result.checkpoint_dirs.append(path)
         accelerator.wait_for_everyone()
         return path
@@ -385,17 +389,47 @@ def train(
         log.info("installed for InvokeAI: %s", installed)
     validate("final", global_step)
     accelerator.end_training()
+    if main and config.push_to_hub:
+        repo = config.hub_model_id or Path(config.base_output_dir).expanduser().resolve().name
+        log.info("uploaded to the hub: %s", push_embedding(result.embedding_path, repo, config.hub_token))
     return result
 
 
 # ---------------------------------------------------------------------------------- helpers
 
 
-def _check_precision(config: SdTextualInversionConfig, cuda: bool) -> None:
+def _fit_to_machine(config: SdTextualInversionConfig, cuda: bool) -> SdTextualInversionConfig:
+    """GPU-only settings on a machine without CUDA: say so and use what works here."""
+    changes = {}
     if config.mixed_precision == "fp16" and not cuda:
-        raise ConfigError("mixed_precision: fp16 needs a CUDA GPU; on this machine use bf16 or no")
+        log.warning("mixed_precision fp16 needs a CUDA GPU; training in full precision on this machine")
+        changes["mixed_precision"] = "no"
+    if config.weight_dtype == "float16" and not cuda:
+        log.warning("weight_dtype float16 is slow or unsupported without a CUDA GPU; using float32 on this machine")
+        changes["weight_dtype"] = "float32"
     if config.xformers and not cuda:
-        raise ConfigError("xformers: xformers attention needs a CUDA GPU; set xformers: false")
+        log.warning("xformers needs a CUDA GPU; using PyTorch's scaled-dot-product attention on this machine")
+        changes["xformers"] = False
+    if config.xformers and cuda:
+        import importlib.util
+
+        if importlib.util.find_spec("xformers") is None:
+            raise ConfigError("xformers: the xformers package is not installed (pip install xformers), or set "
+                              "xformers: false to use PyTorch's scaled-dot-product attention")
+    return config.model_copy(update=changes) if changes else config
+
+
+def _resume_point(config: SdTextualInversionConfig) -> Path | None:
+    if not config.resume_from_checkpoint:
+        return None
+    try:
+        return find_checkpoint(config.resume_from_checkpoint, config.base_output_dir)
+    except CheckpointError:
+        if config.resume_from_checkpoint != "latest":
+            raise
+        # As in the diffusers and InvokeAI trainers: "latest" on a fresh output folder starts anew.
+        log.info("resume_from_checkpoint: latest: no checkpoint in %s yet; starting a new run", config.base_output_dir)
+        return None
 
 
 def _check_resumable(state: dict, config: SdTextualInversionConfig, folder: Path) -> None:
@@ -465,7 +499,19 @@ def _log_to_run_dir(run_dir: Path) -> None:
 
 def _build_optimizer(config: SdTextualInversionConfig, params, lr: float):
     opt = config.optimizer
-    if opt.optimizer_type == "AdamW":
+    if opt.optimizer_type == "AdamW8bit":
+        try:
+            import bitsandbytes
+
+            if torch.cuda.is_available():
+                return bitsandbytes.optim.AdamW8bit(params, lr=lr, betas=(opt.beta1, opt.beta2),
+                                                    weight_decay=opt.weight_decay, eps=opt.epsilon)
+        except ImportError:
+            pass
+        # The trainable vectors are a few KB: 8-bit optimizer state saves nothing worth a dependency.
+        log.warning("AdamW8bit needs bitsandbytes and a CUDA GPU; using AdamW (the embedding's optimizer state "
+                    "is tiny either way)")
+    if opt.optimizer_type in ("AdamW", "AdamW8bit"):
         return torch.optim.AdamW(
             params, lr=lr, betas=(opt.beta1, opt.beta2), weight_decay=opt.weight_decay, eps=opt.epsilon
         )

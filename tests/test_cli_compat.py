@@ -1,0 +1,138 @@
+"""The command lines users bring from the other tools (seeds 001-003) run in tiforge."""
+
+import shlex
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from tiforge.cli import main
+
+from conftest import make_images
+
+# Seed 003, the diffusers guide, with MODEL_NAME / DATA_DIR filled in.
+DIFFUSERS = """--pretrained_model_name_or_path={model} --train_data_dir={data} --learnable_property="object"
+  --placeholder_token="<cat-toy>" --initializer_token="toy" --resolution=512 --train_batch_size=1
+  --gradient_accumulation_steps=4 --max_train_steps=3000 --learning_rate=5.0e-04 --scale_lr
+  --lr_scheduler="constant" --lr_warmup_steps=0 --output_dir="{out}" --push_to_hub"""
+DIFFUSERS_EXTRA = """--num_vectors=5 --validation_prompt="A <cat-toy> backpack" --num_validation_images=4
+  --validation_steps=100 --checkpointing_steps=500"""
+# Seed 002, InvokeAI's invokeai-ti (the guide's placeholder lost its angle brackets in rendering).
+INVOKEAI = """--model={model} --resolution=512 --learnable_property=style --initializer_token='*'
+  --placeholder_token='<psychedelic>' --train_data_dir={data} --output_dir={out} --scale_lr --train_batch_size=8
+  --gradient_accumulation_steps=4 --max_train_steps=3000 --learning_rate=0.0005 --resume_from_checkpoint=latest
+  --lr_scheduler=constant --mixed_precision=fp16 --only_save_embeds"""
+# Seed 001, kohya-ss, with --train_data_dir in place of the dataset .toml.
+KOHYA = """--train_data_dir={data} --caption_extension=.txt --pretrained_model_name_or_path={model} --output_dir={out}
+  --output_name=mychar --save_model_as=safetensors --prior_loss_weight=1.0 --max_train_steps=1600 --learning_rate=1e-6
+  --optimizer_type="AdamW8bit" --xformers --mixed_precision="fp16" --cache_latents --gradient_checkpointing
+  --token_string=mychar4 --init_word=cute --num_vectors_per_token=4"""
+# What the tests add so that a run takes seconds on a CPU: later flags win.
+QUICK = "--max_train_steps=2 --resolution=32 --train_batch_size=1 --gradient_accumulation_steps=1 --report_to=none"
+
+
+def resolved(argv, capsys) -> dict:
+    assert main(["train", *argv, "--print-config"]) == 0, capsys.readouterr().err
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def args(template: str, **kw) -> list[str]:
+    return shlex.split(template.format(**kw))
+
+
+def test_diffusers_command_line(tiny_sd1, image_dir, tmp_path, capsys):
+    line = args(DIFFUSERS, model=tiny_sd1, data=image_dir, out=tmp_path / "cat")
+    cfg = resolved(line, capsys)
+    assert cfg["model"] == str(tiny_sd1) and cfg["placeholder_token"] == "<cat-toy>"
+    assert cfg["data_loader"]["dataset"] == {"type": "IMAGE_DIR_DATASET", "dataset_dir": str(image_dir),
+                                             "keep_in_memory": False}
+    assert cfg["data_loader"]["caption_preset"] == "object" and cfg["data_loader"]["resolution"] == 512
+    assert cfg["optimizer"]["learning_rate"] == 5e-4 and cfg["scale_lr"] is True
+    assert cfg["gradient_accumulation_steps"] == 4 and cfg["max_train_steps"] == 3000 and cfg["push_to_hub"] is True
+    extra = resolved(line + args(DIFFUSERS_EXTRA), capsys)
+    assert extra["num_vectors"] == 5 and extra["validation_prompts"] == ["A <cat-toy> backpack"]
+    assert extra["num_validation_images_per_prompt"] == 4 and extra["validate_every_n_steps"] == 100
+    assert extra["save_every_n_steps"] == 500
+
+    # Runs as written (made short); the hub is unreachable here, so the upload fails after training, clearly.
+    code = main(["train", *line, *args(DIFFUSERS_EXTRA), *shlex.split(QUICK), "--num_validation_images=1",
+                 "--num_validation_inference_steps=2", "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "training finished, but the upload to the hub repo 'cat' failed" in err
+    run = next((tmp_path / "cat").iterdir())
+    assert load_file(run / "cat-toy.safetensors")["<cat-toy>"].shape == (5, 32)
+    assert main(["train", *line, *shlex.split(QUICK), "--push_to_hub=false", "-q"]) == 0
+
+
+def test_invokeai_command_line(tiny_sd1, image_dir, tmp_path, capsys):
+    line = args(INVOKEAI, model=tiny_sd1, data=image_dir, out=tmp_path / "psychedelic")
+    cfg = resolved(line, capsys)
+    assert cfg["data_loader"]["caption_preset"] == "style" and cfg["initializer_token"] == "*"
+    assert cfg["resume_from_checkpoint"] == "latest" and cfg["mixed_precision"] == "fp16"
+    assert main(["train", *line, *shlex.split(QUICK), "--save_every_n_steps=1", "-q"]) == 0
+    first = next((tmp_path / "psychedelic").iterdir())
+    # run again: --resume_from_checkpoint=latest now finds the checkpoint and continues that run
+    assert main(["train", *line, *shlex.split(QUICK), "--max_train_steps=3", "-q"]) == 0
+    assert list((tmp_path / "psychedelic").iterdir()) == [first]
+    assert "resuming from" in (first / "train.log").read_text()
+
+
+def test_kohya_command_line(tiny_sd1, tmp_path, capsys):
+    data = make_images(tmp_path / "img", captions=["mychar4 1girl", "mychar4 smiling"])
+    line = args(KOHYA, model=tiny_sd1, data=data, out=tmp_path / "out")
+    cfg = resolved(line, capsys)
+    assert cfg["placeholder_token"] == "mychar4" and cfg["initializer_token"] == "cute" and cfg["num_vectors"] == 4
+    assert cfg["optimizer"]["optimizer_type"] == "AdamW8bit" and cfg["cache_vae_outputs"] is True
+    assert cfg["data_loader"]["dataset"]["type"] == "IMAGE_CAPTION_DIR_DATASET"
+    assert main(["train", *line, *shlex.split(QUICK), "-q"]) == 0
+    run = next((tmp_path / "out").iterdir())
+    assert load_file(run / "mychar.safetensors")["mychar4"].shape == (4, 32)
+    log = (run / "train.log").read_text() + capsys.readouterr().err
+    assert "AdamW8bit needs bitsandbytes and a CUDA GPU" in log or "bitsandbytes" in log
+
+
+def test_kohya_weights_continue_an_embedding(tiny_sd1, image_dir, tmp_path, capsys):
+    from tiforge.embedding_files import save_embedding
+    import torch
+
+    start = save_embedding(tmp_path / "start.pt", "x", torch.randn(3, 32), format="a1111")
+    cfg = resolved(["--pretrained_model_name_or_path", str(tiny_sd1), "--train_data_dir", str(image_dir),
+                    "--use_object_template", "--token_string", "mytok", "--init_word", "cute", "--weights",
+                    str(start), "--output_dir", str(tmp_path), "--max_train_steps", "1"], capsys)
+    assert cfg["initial_embedding_file"] == str(start) and cfg["initializer_token"] is None
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--dataset_config=x.toml", "--dataset_config: not supported: kohya dataset .toml files are not supported yet"),
+    ("--logging_dir=logs", "--logging_dir: not supported: logs always go to <run folder>/logs"),
+    ("--gui", "--gui: not supported: the console front end is `tiforge ui`"),
+    ("--max_train_step=3", "--max_train_step: unknown flag (did you mean --max_train_steps?)"),
+    ("--prior_loss_weight=0.5", "a prior-loss weight has nothing to weigh"),
+])
+def test_flags_that_mean_nothing_are_refused_with_what_to_use(flag, message, tiny_sd1, image_dir, tmp_path, capsys):
+    assert main(["train", "--pretrained_model_name_or_path", str(tiny_sd1), "--train_data_dir", str(image_dir),
+                 flag, "--print-config"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_every_config_field_is_a_flag(capsys, tmp_path):
+    from tiforge.cli_flags import known_flag_names
+    from tiforge.config import SdTextualInversionConfig, TextualInversionSDDataLoaderConfig
+
+    names = set(known_flag_names())
+    for model, skip in ((SdTextualInversionConfig, {"type", "data_loader", "optimizer"}),
+                        (TextualInversionSDDataLoaderConfig, {"type", "dataset", "aspect_ratio_buckets"})):
+        missing = set(model.model_fields) - skip - names
+        assert not missing, missing
+
+
+def test_flags_override_the_yaml(tiny_sd1, image_dir, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"base_output_dir": str(tmp_path), "model": str(tiny_sd1),
+                                    "placeholder_token": "<x>", "initializer_token": "toy", "max_train_steps": 5,
+                                    "data_loader": {"dataset": {"type": "IMAGE_DIR_DATASET",
+                                                                "dataset_dir": str(image_dir)},
+                                                    "caption_preset": "object"}}))
+    cfg = resolved([str(path), "--max_train_steps", "9", "--resolution", "64", "--random_flip"], capsys)
+    assert cfg["max_train_steps"] == 9 and cfg["data_loader"]["resolution"] == 64
+    assert cfg["data_loader"]["random_flip"] is True
