@@ -136,3 +136,15 @@ def test_flags_override_the_yaml(tiny_sd1, image_dir, tmp_path, capsys):
     cfg = resolved([str(path), "--max_train_steps", "9", "--resolution", "64", "--random_flip"], capsys)
     assert cfg["max_train_steps"] == 9 and cfg["data_loader"]["resolution"] == 64
     assert cfg["data_loader"]["random_flip"] is True
+
+
+def test_json_lines_progress(tiny_sd1, image_dir, tmp_path, capsys):
+    import json
+
+    assert main(["train", "--pretrained_model_name_or_path", str(tiny_sd1), "--train_data_dir", str(image_dir),
+                 "--learnable_property", "object", "--placeholder_token", "<j>", "--initializer_token", "toy",
+                 "--output_dir", str(tmp_path), "--max_train_steps", "3", "--resolution", "32", "--json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3]
+    assert events[-1]["event"] == "done" and events[-1]["steps"] == 3
+    assert all({"loss", "lr", "seconds", "max_steps"} <= set(e) for e in events[:-1])

@@ -33,6 +33,17 @@ def _cmd_train(args) -> int:
         return 0
     from .train import train
 
+    if args.json:
+        import dataclasses
+        import json
+
+        def emit(info) -> None:
+            print(json.dumps({"event": "step", **dataclasses.asdict(info)}), flush=True)
+
+        result = train(config, progress=False, on_step=emit)
+        print(json.dumps({"event": "done", "embedding": str(result.embedding_path), "run_dir": str(result.run_dir),
+                          "steps": result.global_step, "loss": result.final_loss}), flush=True)
+        return 0
     result = train(config, progress=not args.quiet)
     print(f"embedding: {result.embedding_path}")
     print(f"run folder: {result.run_dir}")
@@ -51,6 +62,13 @@ def _cmd_config(args) -> int:
         return 0
     print("use `tiforge config --example` or `tiforge config --check FILE`", file=sys.stderr)
     return 2
+
+
+def _cmd_ui(args) -> int:
+    from .ui import run_ui
+
+    run_ui()
+    return 0
 
 
 def _cmd_demo(args) -> int:
@@ -116,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config field, dotted for nested ones (e.g. optimizer.learning_rate=1e-3)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="one JSON object per step on stdout (for scripts), no bars")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("config", help="print a documented example config, or check one")
@@ -162,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--single-file-config")
     p.add_argument("--hf-variant")
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("ui", help="keyboard-driven console front end (like invokeai-ti --gui)")
+    p.set_defaults(func=_cmd_ui)
 
     p = sub.add_parser("demo", help="teach the built-in toy model a new word from 6 pictures and judge the result (offline)")
     p.add_argument("--output-dir", default="tiforge-demo", help="where the run folder goes (default: ./tiforge-demo)")

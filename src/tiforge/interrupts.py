@@ -43,4 +43,4 @@ class StopRequests:
 
     @property
     def exit_code(self) -> int:
-        return 128 + (self.signum or 0)
+        return 128 + (self.signum or signal.SIGINT)

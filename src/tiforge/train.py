@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ class StepInfo:
     loss: float
     lr: float
     seconds: float  # this step's own time: data, forward, backward, update; not saving or validating
+    run_dir: str = ""
 
 
 @dataclass
@@ -77,7 +79,10 @@ def train(
     config: SdTextualInversionConfig,
     progress: bool = True,
     on_step: Callable[[StepInfo], None] | None = None,
+    stop_event: threading.Event | None = None,
 ) -> TrainResult:
+    """Train one embedding. `on_step` hears about every optimizer step; setting `stop_event` stops
+    after the current step as Ctrl-C does (checkpoint, embedding, TrainingStopped)."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
@@ -323,10 +328,11 @@ def train(
                     accelerator.backward(loss)
                     window_loss += loss.detach().float()
                     window_batches += 1
-                    finite = True
-                    if accelerator.sync_gradients:
+                    finite, grad_norm = True, None
+                    if accelerator.sync_gradients and accelerator.scaler is None:
                         # Gradients are averaged over processes by now, so every process decides alike.
-                        finite = accelerator.scaler is not None or bool(torch.isfinite(embedding.vectors.grad).all())
+                        grad_norm = embedding.vectors.grad.float().norm()
+                        finite = bool(torch.isfinite(grad_norm))
                         if finite and config.max_grad_norm is not None:
                             accelerator.clip_grad_norm_([embedding.vectors], config.max_grad_norm)
                     if finite:
@@ -358,12 +364,15 @@ def train(
                 window_batches = 0
                 step_seconds = time.perf_counter() - step_started
                 logs = {"loss": result.final_loss, "lr": lr_scheduler.get_last_lr()[0]}
-                accelerator.log(logs, step=global_step)
+                if grad_norm is not None:
+                    logs["grad_norm"] = grad_norm.item()
+                norms = embedding.vectors.detach().float().norm(dim=1).tolist()
+                accelerator.log({**logs, **{f"vector_norm/{i}": n for i, n in enumerate(norms)}}, step=global_step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", epoch=epoch)
                 if on_step is not None and main:
-                    on_step(StepInfo(global_step, max_steps, epoch, logs["loss"], logs["lr"], step_seconds))
-                if _agreed(accelerator, stop_requests.requested):
+                    on_step(StepInfo(global_step, max_steps, epoch, logs["loss"], logs["lr"], step_seconds, str(run_dir)))
+                if _agreed(accelerator, stop_requests.requested or (stop_event is not None and stop_event.is_set())):
                     stop("Training interrupted.", stop_requests.exit_code, epoch, batches_in_epoch)
                 if config.save_every_n_steps and global_step % config.save_every_n_steps == 0 and global_step < max_steps:
                     checkpoint("step", global_step, epoch, batches_in_epoch)
