@@ -1,8 +1,8 @@
 """tiforge's quality yardstick: does an embedding learn its concept on the pretrained toy model?
 
 For a few learning rates, vector counts and initializers it trains an embedding for a concept the
-toy model was never told the name of (the ring shape; the checkered background with the style
-templates) and, at every checkpoint, measures
+toy model has never seen (the object "purple star"; the style "light checkered background", with
+the style templates) and, at every checkpoint, measures
   * the hit rate: the fraction of 16 generations in which the judge (tiforge.toyworld.judge, no
     neural network) finds the concept, prompting with the learned token;
   * the held-out denoising loss: the training loss on 16 other pictures of the concept with fixed
@@ -33,7 +33,7 @@ from tiforge.toyworld import render
 from tiforge.train import train
 from tiforge.validation import image_grid
 
-PROMPTS = {"ring": ("a {}", ["a {}"]), "checkered": ("a painting in the style of {}", None)}
+PROMPTS = {"purple-star": ("a {}", ["a {}"]), "light-checkered": ("a painting in the style of {}", None)}
 
 
 class HeldOutLoss:
@@ -110,14 +110,14 @@ def run(concept: str, lr: float, vectors: int, init: str, steps: int, every: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--steps", type=int, default=240)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--every", type=int, default=60)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
-    runs = [("ring", 5e-3, 1, "dog"), ("checkered", 5e-3, 1, "dog")]
+    runs = [("purple-star", 1e-2, 2, "dog"), ("light-checkered", 1e-2, 2, "dog")]
     if not args.quick:
-        runs += [("ring", 2e-3, 1, "dog"), ("ring", 2e-2, 1, "dog"), ("ring", 5e-3, 2, "dog"),
-                 ("ring", 5e-3, 4, "dog"), ("ring", 5e-3, 1, "circle")]
+        runs += [("purple-star", 3e-3, 2, "dog"), ("purple-star", 3e-2, 2, "dog"), ("purple-star", 1e-2, 1, "dog"),
+                 ("purple-star", 1e-2, 4, "dog"), ("purple-star", 1e-2, 2, "star")]
     rows = []
     for r in runs:
         print(f"training {r} ...", file=sys.stderr, flush=True)

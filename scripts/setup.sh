@@ -11,9 +11,8 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install -q "$TORCH_SPEC"
 fi
-if ! .venv/bin/python -c "import tiforge, pytest" 2>/dev/null; then
-  .venv/bin/pip install -q -e ".[dev]"
-fi
+# Cheap when everything is there already; picks up dependencies added since the last run.
+.venv/bin/pip install -q -e ".[dev]" 2>&1 | grep -v -e "^WARNING: Location" -e "^$" || true
 # The real CLIP BPE vocabulary ships inside open_clip_torch; its own dependencies would pull
 # torchvision, which has no CPU build here, so it is installed alone.
 if ! .venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('open_clip') is None)" 2>/dev/null; then

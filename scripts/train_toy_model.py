@@ -4,8 +4,9 @@
 
 Writes src/tiforge/assets/toy_model/ (fp16 weights, configs, report.json). The pictures are 32x32;
 the VAE downsamples by 2 (latents 4x16x16); the UNet has cross-attention at 8x8 and 4x4; the text
-encoder is a 2-layer CLIP with the real CLIP tokenizer. Captions never name the held-out ring shape
-nor the checkered background (see toyworld.caption), so textual inversion has something to learn.
+encoder is a 2-layer CLIP with the real CLIP tokenizer. Two combinations of known things never
+appear - purple stars and light checkered backgrounds (see tiforge.toyworld) - so textual inversion
+has something to learn.
 Deterministic for a given seed and thread count.
 """
 

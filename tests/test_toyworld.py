@@ -3,17 +3,10 @@
 import collections
 
 import numpy as np
+from PIL import Image
 
-from tiforge.toyworld import (
-    BACKGROUNDS,
-    HELD_OUT_BACKGROUND,
-    HELD_OUT_SHAPE,
-    SHAPES,
-    caption,
-    judge,
-    render,
-    sample_scene,
-)
+from tiforge.toy_model import concept_scenes
+from tiforge.toyworld import HELD_OUT_OBJECT, HELD_OUT_STYLE, caption, judge, render, sample_scene
 
 
 def test_rendering_is_deterministic():
@@ -24,30 +17,31 @@ def test_rendering_is_deterministic():
 def test_judge_reads_back_every_rendered_scene():
     rng = np.random.default_rng(0)
     errors = collections.Counter()
-    for _ in range(600):
-        s = sample_scene(rng, ring_rate=0.2, checkered_rate=0.2)
+    for i in range(600):
+        s = sample_scene(rng, pretraining=i % 2 == 0)
         v = judge(render(s))
-        errors.update(k for k in ("shape", "colour", "background") if getattr(v, k) != getattr(s, k))
+        errors.update(k for k in ("shape", "colour", "brightness", "texture") if getattr(v, k) != getattr(s, k))
     assert errors == collections.Counter(), errors
 
 
 def test_judge_finds_nothing_in_an_empty_picture():
-    from PIL import Image
-
     v = judge(Image.new("RGB", (32, 32), (125, 125, 125)))
     assert v.shape is None and v.background == "grey"
 
 
-def test_held_out_concepts_are_never_named_in_captions():
+def test_held_out_combinations_never_appear_in_pretraining():
     rng = np.random.default_rng(1)
-    words = collections.Counter()
-    for _ in range(3000):
+    seen_objects, seen_styles = set(), set()
+    for _ in range(5000):
         s = sample_scene(rng)
+        seen_objects.add((s.colour, s.shape))
+        seen_styles.add((s.brightness, s.texture))
         c = caption(s, rng)
-        words.update(c.split())
-        if s.shape == HELD_OUT_SHAPE:
-            assert not any(shape in c for shape in SHAPES), c
-        if s.background == HELD_OUT_BACKGROUND:
-            assert "background" not in c, c
-    assert HELD_OUT_SHAPE not in words and HELD_OUT_BACKGROUND not in words
-    assert all(words[b] > 0 for b in BACKGROUNDS if b != HELD_OUT_BACKGROUND)
+        assert c.startswith("a ") and s.colour in c and s.shape in c
+    assert HELD_OUT_OBJECT not in seen_objects and len(seen_objects) == 23
+    assert HELD_OUT_STYLE not in seen_styles and len(seen_styles) == 8
+
+
+def test_concept_pictures_show_the_concept():
+    assert all((s.colour, s.shape) == HELD_OUT_OBJECT for s in concept_scenes("purple-star", 6, 0))
+    assert all((s.brightness, s.texture) == HELD_OUT_STYLE for s in concept_scenes("light-checkered", 6, 0))

@@ -1,9 +1,10 @@
-"""`tiforge demo`: teach the pretrained toy model a word for a shape it can draw but was never
-told the name of, then check with the judge that the word works. Offline, a few minutes on a CPU.
+"""`tiforge demo`: teach the pretrained toy model a word for something it has never seen - a purple
+star - from six pictures, then check with the judge that the word works. Offline, about a minute.
 
 The toy model (tiforge.toy_model) is a tiny Stable-Diffusion-architecture pipeline trained on a
-world of coloured shapes; its captions never named the ring. The judge (tiforge.toyworld.judge)
-finds the shape in a picture without any neural network, so "did it learn?" is a number.
+world of coloured shapes in which purple things and stars abound but no purple star ever appears.
+The judge (tiforge.toyworld.judge) reads shape and colour off a picture without any neural network,
+so "did it learn?" is a number.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from .toy_model import hit_rate, load_toy_pipeline, pipeline_with_embedding, toy
 from .train import TrainResult, train
 from .validation import image_grid
 
-TOKEN = "<ring>"
+CONCEPT = "purple-star"
+TOKEN = "<purple-star>"
 PROMPT = f"a {TOKEN}"
 INITIALIZER = "dog"  # deliberately unrelated: everything the token knows, it learns from the pictures
 
@@ -26,7 +28,7 @@ INITIALIZER = "dog"  # deliberately unrelated: everything the token knows, it le
 @dataclass
 class DemoResult:
     train: TrainResult
-    hit_rate_before: float  # judge's fraction of ring pictures with the initializer's vector
+    hit_rate_before: float  # judge's fraction of purple-star pictures with the initializer's vector
     hit_rate_after: float  # ... with the learned embedding
 
 
@@ -34,7 +36,7 @@ def demo_images_dir() -> Path:
     return Path(str(resources.files("tiforge") / "assets" / "demo_images"))
 
 
-def demo_config(output_dir: str, steps: int = 200) -> dict:
+def demo_config(output_dir: str, steps: int = 300) -> dict:
     return {
         "type": "SD_TEXTUAL_INVERSION",
         "seed": 0,
@@ -43,16 +45,16 @@ def demo_config(output_dir: str, steps: int = 200) -> dict:
         "model": str(toy_model_dir()),
         "placeholder_token": TOKEN,
         "initializer_token": INITIALIZER,
-        "num_vectors": 1,
+        "num_vectors": 2,
         "max_train_steps": steps,
         "save_every_n_steps": max(1, steps // 4),
         "max_checkpoints": 4,
         "validate_every_n_steps": max(1, steps // 2),
-        "validation_prompts": [PROMPT, f"a {TOKEN} on a white background"],
+        "validation_prompts": [PROMPT, f"a {TOKEN} on a dark striped background"],
         "num_validation_images_per_prompt": 4,
         "num_validation_inference_steps": 20,
         "validation_guidance_scale": 4.0,
-        "optimizer": {"optimizer_type": "AdamW", "learning_rate": 5e-3},
+        "optimizer": {"optimizer_type": "AdamW", "learning_rate": 1e-2},
         "train_batch_size": 6,
         "cache_vae_outputs": True,
         "data_loader": {
@@ -65,7 +67,7 @@ def demo_config(output_dir: str, steps: int = 200) -> dict:
 
 
 def _judged(pipe, out_dir: Path, n: int = 16) -> float:
-    rate, images = hit_rate(pipe, "ring", PROMPT, n=n)
+    rate, images = hit_rate(pipe, CONCEPT, PROMPT, n=n)
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(images):
         im.save(out_dir / f"{i:02d}.png")
@@ -73,17 +75,17 @@ def _judged(pipe, out_dir: Path, n: int = 16) -> float:
     return rate
 
 
-def run_demo(output_dir: str = "tiforge-demo", steps: int = 200, progress: bool = True) -> DemoResult:
+def run_demo(output_dir: str = "tiforge-demo", steps: int = 300, progress: bool = True) -> DemoResult:
     model = toy_model_dir()
     print(f"tiforge demo: pretrained toy model {model}")
-    print("  (a tiny SD-architecture model that knows coloured circles, squares, triangles and stars;")
-    print("   it has seen rings but was never told the word)")
-    print(f"  training pictures: {demo_images_dir()} (6 rings, 32x32)")
+    print("  (a tiny SD-architecture model that knows coloured circles, squares, triangles and stars")
+    print("   on plain and textured backgrounds - but has never seen a purple star)")
+    print(f"  training pictures: {demo_images_dir()} (6 purple stars, 32x32)")
     config = config_from_dict(demo_config(output_dir, steps), "demo config")
 
     # Before: the placeholder holds the initializer's vector.
     plain = load_toy_pipeline(model)
-    ids = plain.tokenizer.encode(INITIALIZER, add_special_tokens=False)
+    ids = plain.tokenizer.encode(INITIALIZER, add_special_tokens=False) * 2
     start = plain.text_encoder.get_input_embeddings().weight[ids].detach()
     result = train(config, progress=progress)
     initial = result.run_dir / "judged" / "initial.safetensors"
@@ -94,8 +96,8 @@ def run_demo(output_dir: str = "tiforge-demo", steps: int = 200, progress: bool 
     print()
     print(f"Done: {result.global_step} steps, final loss {result.final_loss:.4f}")
     print(f"  judge, prompt {PROMPT!r}, 16 pictures each:")
-    print(f"    before training: {before:.0%} show a ring   ({result.run_dir / 'judged' / 'before' / 'grid.png'})")
-    print(f"    after training:  {after:.0%} show a ring   ({result.run_dir / 'judged' / 'after' / 'grid.png'})")
+    print(f"    before training: {before:.0%} show a purple star   ({result.run_dir / 'judged' / 'before' / 'grid.png'})")
+    print(f"    after training:  {after:.0%} show a purple star   ({result.run_dir / 'judged' / 'after' / 'grid.png'})")
     print(f"  embedding:         {result.embedding_path}")
     print(f"  validation images: {result.validation_dirs[-1] / 'grid.png'}")
     print(f"  checkpoints:       {result.run_dir / 'checkpoints'}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .clip_tokenizer import cache_dir, load_clip_tokenizer
-from .toyworld import COLOURS, NAMED_SHAPES, SIZE, Verdict, judge
+from .toyworld import COLOURS, HELD_OUT_OBJECT, HELD_OUT_STYLE, SHAPES, SIZE, Verdict, judge
 
 TEXT_WIDTH = 64
 
@@ -132,8 +132,8 @@ def evaluate_prompts(model_dir: Path, per_prompt: int = 2, seed: int = 0) -> dic
     """How well the model draws what it is told: judge accuracy for shape, colour and background."""
     pipe = load_toy_pipeline(_with_tokenizer(model_dir))
     shape, colour, background = Tally(), Tally(), Tally()
-    cases = [(s, c, "grey") for s in NAMED_SHAPES for c in COLOURS]
-    cases += [(s, "red", b) for s in NAMED_SHAPES for b in ("black", "white", "striped")]
+    cases = [(s, c, "grey") for s in SHAPES for c in COLOURS if (c, s) != HELD_OUT_OBJECT]
+    cases += [(s, "red", b) for s in SHAPES for b in ("dark", "light", "dark striped", "grey checkered")]
     prompts = [f"a {c} {s} on a {b} background" for s, c, b in cases]
     images = generate(pipe, prompts, per_prompt=per_prompt, seed=seed)
     for i, image in enumerate(images):
@@ -147,28 +147,38 @@ def evaluate_prompts(model_dir: Path, per_prompt: int = 2, seed: int = 0) -> dic
 
 
 def _with_tokenizer(model_dir: Path) -> Path:
-    if not (Path(model_dir) / "tokenizer").is_dir():
-        load_clip_tokenizer().save_pretrained(Path(model_dir) / "tokenizer")
-    return Path(model_dir)
+    """A copy of `model_dir` with the tokenizer added, leaving the folder itself as it is."""
+    import tempfile
+
+    copy = Path(tempfile.mkdtemp()) / "toy"
+    shutil.copytree(model_dir, copy)
+    load_clip_tokenizer().save_pretrained(copy / "tokenizer")
+    return copy
 
 
 # ------------------------------------------------------------------ measuring a learned concept
 
 
+# The two concepts the toy model never saw, and how a picture shows them.
+CONCEPTS = {
+    "purple-star": "the object purple star (purple things and other stars were seen, never a purple star)",
+    "light-checkered": "the style light checkered background (never seen; light and checkered were, apart)",
+}
+
+
 def concept_scenes(concept: str, n: int, seed: int):
-    """Scenes showing a held-out concept: the ring shape, or the checkered background."""
     import numpy as np
 
-    from .toyworld import HELD_OUT_BACKGROUND, HELD_OUT_SHAPE, sample_scene
+    from .toyworld import sample_scene
 
     rng = np.random.default_rng(seed)
-    if concept == HELD_OUT_SHAPE:
-        return [sample_scene(rng, shape=HELD_OUT_SHAPE, background=str(rng.choice(["grey", "black", "white"])))
-                for _ in range(n)]
-    if concept == HELD_OUT_BACKGROUND:
-        return [sample_scene(rng, shape=str(rng.choice(NAMED_SHAPES)), background=HELD_OUT_BACKGROUND)
-                for _ in range(n)]
-    raise ValueError(f"unknown held-out concept {concept!r}; choose ring or checkered")
+    if concept == "purple-star":
+        colour, shape = HELD_OUT_OBJECT
+        return [sample_scene(rng, shape=shape, colour=colour, pretraining=False) for _ in range(n)]
+    if concept == "light-checkered":
+        brightness, texture = HELD_OUT_STYLE
+        return [sample_scene(rng, brightness=brightness, texture=texture, pretraining=False) for _ in range(n)]
+    raise ValueError(f"unknown held-out concept {concept!r}; choose one of {', '.join(CONCEPTS)}")
 
 
 def write_concept_images(concept: str, folder: Path, n: int = 6, seed: int = 0) -> Path:
@@ -181,7 +191,9 @@ def write_concept_images(concept: str, folder: Path, n: int = 6, seed: int = 0) 
 
 
 def is_hit(concept: str, verdict: Verdict) -> bool:
-    return verdict.shape == concept if concept == "ring" else verdict.background == concept
+    if concept == "purple-star":
+        return (verdict.colour, verdict.shape) == HELD_OUT_OBJECT
+    return (verdict.brightness, verdict.texture) == HELD_OUT_STYLE
 
 
 def hit_rate(pipe, concept: str, prompt: str, n: int = 16, seed: int = 1234) -> tuple[float, list]:

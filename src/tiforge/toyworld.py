@@ -1,12 +1,13 @@
 """A toy visual world of coloured shapes on plain or textured backgrounds, its captions, and a
 deterministic judge that reads a picture back (no neural network).
 
-The toy model (`toy_model.py`) is pretrained on this world so that prompts visibly work; two
-concepts are never named in its training captions and are left for textual inversion to learn:
+The toy model (`toy_model.py`) is pretrained on this world so that prompts visibly work. Two
+combinations of things it knows are never shown to it, and are left for textual inversion to learn
+from a few pictures:
 
-* the **ring** shape: rings appear now and then in pretraining, but their captions never have a
-  shape noun (and other shapes also lose their noun at times, so no caption pattern names it);
-* the **checkered** background: it appears, but its captions never describe the background.
+* the object **purple star**: purple things and stars of other colours are everywhere, purple stars never;
+* the style **light checkered** background: light backgrounds and checkered ones of other
+  brightness are common, a light checkered one never.
 """
 
 from __future__ import annotations
@@ -27,51 +28,63 @@ COLOURS = {  # name -> (hue in degrees, rgb)
     "blue": (230, (45, 70, 225)),
     "purple": (285, (160, 60, 205)),
 }
-NAMED_SHAPES = ("circle", "square", "triangle", "star")
-SHAPES = NAMED_SHAPES + ("ring",)
-PLAIN_BACKGROUNDS = {"black": 30, "grey": 125, "white": 225}
-BACKGROUNDS = tuple(PLAIN_BACKGROUNDS) + ("striped", "checkered")
-HELD_OUT_SHAPE = "ring"
-HELD_OUT_BACKGROUND = "checkered"
+SHAPES = ("circle", "square", "triangle", "star")
+BRIGHTNESS = {"dark": 45, "grey": 125, "light": 205}  # grey level; textures alternate 45 below and above
+TEXTURES = ("plain", "striped", "checkered")
+HELD_OUT_OBJECT = ("purple", "star")
+HELD_OUT_STYLE = ("light", "checkered")
 SIZES = {"small": (6, 7), "large": (9, 11)}
-_TEXTURE_DARK, _TEXTURE_LIGHT, _PERIOD = 75, 165, 8
+_PERIOD = 8
+
+
+def background_name(brightness: str, texture: str) -> str:
+    return brightness if texture == "plain" else f"{brightness} {texture}"
 
 
 @dataclass(frozen=True)
 class Scene:
     shape: str
     colour: str
-    background: str
+    brightness: str
+    texture: str
     size: str
     radius: int
     cx: int
     cy: int
     angle: float
 
+    @property
+    def background(self) -> str:
+        return background_name(self.brightness, self.texture)
+
 
 def sample_scene(rng: np.random.Generator, shape: str | None = None, colour: str | None = None,
-                 background: str | None = None, ring_rate: float = 0.08, checkered_rate: float = 0.1) -> Scene:
-    if shape is None:
-        shape = HELD_OUT_SHAPE if rng.random() < ring_rate else str(rng.choice(NAMED_SHAPES))
-    if background is None:
-        background = HELD_OUT_BACKGROUND if rng.random() < checkered_rate else str(
-            rng.choice(["black", "grey", "white", "striped"]))
-    colour = colour or str(rng.choice(list(COLOURS)))
+                 brightness: str | None = None, texture: str | None = None, pretraining: bool = True) -> Scene:
+    """A random scene; in pretraining the held-out combinations are drawn again until avoided."""
+    while True:
+        s = shape or str(rng.choice(SHAPES))
+        c = colour or str(rng.choice(list(COLOURS)))
+        b = brightness or str(rng.choice(list(BRIGHTNESS)))
+        t = texture or str(rng.choice(TEXTURES))
+        if not pretraining or ((c, s) != HELD_OUT_OBJECT and (b, t) != HELD_OUT_STYLE):
+            break
     size = str(rng.choice(list(SIZES)))
     lo, hi = SIZES[size]
     radius = int(rng.integers(lo, hi + 1))
     margin = radius + 2
     cx, cy = (int(v) for v in rng.integers(margin, SIZE - margin, size=2))
     angle = float(rng.uniform(-0.25, 0.25))
-    return Scene(shape, colour, background, size, radius, cx, cy, angle)
+    return Scene(s, c, b, t, size, radius, cx, cy, angle)
 
 
-def _background(name: str) -> np.ndarray:
-    if name in PLAIN_BACKGROUNDS:
-        return np.full((SIZE, SIZE), PLAIN_BACKGROUNDS[name], np.uint8)
+def _background(brightness: str, texture: str) -> np.ndarray:
+    level = BRIGHTNESS[brightness]
+    if texture == "plain":
+        return np.full((SIZE, SIZE), level, np.uint8)
     y, x = np.mgrid[0:SIZE, 0:SIZE]
-    band = (y // (_PERIOD // 2)) % 2 if name == "striped" else ((y // (_PERIOD // 2)) + (x // (_PERIOD // 2))) % 2
-    return np.where(band == 1, _TEXTURE_LIGHT, _TEXTURE_DARK).astype(np.uint8)
+    half = _PERIOD // 2
+    band = (y // half) % 2 if texture == "striped" else ((y // half) + (x // half)) % 2
+    return np.where(band == 1, level + 45, level - 45).clip(0, 255).astype(np.uint8)
 
 
 def _polygon(cx, cy, radius, n, angle, inner=None):
@@ -85,7 +98,7 @@ def _polygon(cx, cy, radius, n, angle, inner=None):
 
 
 def render(scene: Scene) -> Image.Image:
-    gray = _background(scene.background)
+    gray = _background(scene.brightness, scene.texture)
     image = Image.fromarray(np.stack([gray] * 3, axis=-1))
     draw = ImageDraw.Draw(image)
     rgb = COLOURS[scene.colour][1]
@@ -99,30 +112,19 @@ def render(scene: Scene) -> Image.Image:
         draw.polygon(_polygon(cx, cy + r * 0.15, r * 1.1, 3, scene.angle), fill=rgb)
     elif scene.shape == "star":
         draw.polygon(_polygon(cx, cy, r * 1.15, 5, scene.angle, inner=r * 0.45), fill=rgb)
-    elif scene.shape == "ring":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=rgb)
-        inner = max(2, round(r * 0.5))
-        hole = Image.fromarray(_background(scene.background))
-        mask = Image.new("L", (SIZE, SIZE), 0)
-        ImageDraw.Draw(mask).ellipse([cx - inner, cy - inner, cx + inner, cy + inner], fill=255)
-        image.paste(Image.merge("RGB", [hole] * 3), (0, 0), mask)
     else:
         raise ValueError(f"unknown shape {scene.shape!r}")
     return image
 
 
-def caption(scene: Scene, rng: np.random.Generator, noun_dropout: float = 0.1, background_dropout: float = 0.3,
-            size_dropout: float = 0.5) -> str:
-    """The pretraining caption. The held-out concepts are never named: a ring loses its noun, a
-    checkered background loses its phrase; other scenes lose them at random too."""
+def caption(scene: Scene, rng: np.random.Generator, background_dropout: float = 0.2, size_dropout: float = 0.5) -> str:
+    """The pretraining caption, e.g. "a small red circle on a dark striped background"."""
     words = ["a"]
     if rng.random() >= size_dropout:
         words.append(scene.size)
-    words.append(scene.colour)
-    if scene.shape != HELD_OUT_SHAPE and rng.random() >= noun_dropout:
-        words.append(scene.shape)
-    if scene.background != HELD_OUT_BACKGROUND and rng.random() >= background_dropout:
-        words += ["on", "a", scene.background, "background"]
+    words += [scene.colour, scene.shape]
+    if rng.random() >= background_dropout:
+        words += ["on", "a", *scene.background.split(), "background"]
     return " ".join(words)
 
 
@@ -133,8 +135,13 @@ def caption(scene: Scene, rng: np.random.Generator, noun_dropout: float = 0.1, b
 class Verdict:
     shape: str | None  # None when no coloured object is found
     colour: str | None
-    background: str
+    brightness: str
+    texture: str
     features: dict
+
+    @property
+    def background(self) -> str:
+        return background_name(self.brightness, self.texture)
 
 
 def _hue_name(hue_deg: float) -> str:
@@ -168,24 +175,6 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
         ys, xs = zip(*best)
         out[list(ys), list(xs)] = True
     return out
-
-
-def _enclosed(mask: np.ndarray) -> np.ndarray:
-    """Background pixels that cannot reach the border without crossing the object: its holes."""
-    h, w = mask.shape
-    free = ~mask
-    reach = np.zeros_like(mask, bool)
-    stack = [(y, x) for y in range(h) for x in (0, w - 1) if free[y, x]]
-    stack += [(y, x) for x in range(w) for y in (0, h - 1) if free[y, x]]
-    for y, x in stack:
-        reach[y, x] = True
-    while stack:
-        y, x = stack.pop()
-        for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
-            if 0 <= ny < h and 0 <= nx < w and free[ny, nx] and not reach[ny, nx]:
-                reach[ny, nx] = True
-                stack.append((ny, nx))
-    return free & ~reach
 
 
 def _hull_area(points: np.ndarray) -> float:
@@ -234,33 +223,26 @@ def judge(image: Image.Image) -> Verdict:
     dy = float(np.abs(np.diff(gray, axis=0))[dy_pairs].mean()) if dy_pairs.any() else 0.0
     dx = float(np.abs(np.diff(gray, axis=1))[dx_pairs].mean()) if dx_pairs.any() else 0.0
     features.update(dx=dx, dy=dy)
-    textured = 0.06
-    if dy > textured and dx > textured:
-        background = "checkered"
-    elif dy > textured:
-        background = "striped"
-    else:
-        level = float(np.median(gray[bg])) if bg.any() else 0.5
-        background = min(PLAIN_BACKGROUNDS, key=lambda n: abs(PLAIN_BACKGROUNDS[n] / 255 - level))
+    textured = 0.035  # a sharp or blurred band edge both add up to ~0.06; plain noise stays far below
+    texture = "checkered" if dy > textured and dx > textured else "striped" if dy > textured else "plain"
+    level = float(gray[bg].mean()) if bg.any() else 0.5
+    brightness = min(BRIGHTNESS, key=lambda n: abs(BRIGHTNESS[n] / 255 - level))
 
     if area < 12:
-        return Verdict(None, None, background, features)
+        return Verdict(None, None, brightness, texture, features)
 
     hsv_hue = [colorsys.rgb_to_hsv(*px)[0] * 360 for px in rgb[obj]]
     angles = np.radians(hsv_hue)
     hue = math.degrees(math.atan2(np.sin(angles).mean(), np.cos(angles).mean())) % 360
     ys, xs = np.nonzero(obj)
-    holes = int((_enclosed(obj) & ~colourful).sum())
     corners = np.concatenate([np.stack([ys + dy_, xs + dx_], 1) for dy_ in (0, 1) for dx_ in (0, 1)])
     solidity = area / max(_hull_area(corners), 1.0)
     # Compactness: area against the circle through the farthest pixel; rotation does not change
     # it (circle 1, square 0.64, triangle 0.41, star lower and not convex).
     reach = np.sqrt((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2).max() + 0.5
-    compact = (area + holes) / (math.pi * reach**2)
-    features.update(hue=hue, compact=compact, solidity=solidity, holes=holes)
-    if holes >= max(3, 0.08 * area):
-        shape = "ring"
-    elif solidity < 0.72:
+    compact = area / (math.pi * reach**2)
+    features.update(hue=hue, compact=compact, solidity=solidity)
+    if solidity < 0.72:
         shape = "star"
     elif compact > 0.8:
         shape = "circle"
@@ -268,4 +250,4 @@ def judge(image: Image.Image) -> Verdict:
         shape = "square"
     else:
         shape = "triangle"
-    return Verdict(shape, _hue_name(hue), background, features)
+    return Verdict(shape, _hue_name(hue), brightness, texture, features)

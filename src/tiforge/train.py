@@ -99,6 +99,8 @@ def train(
     report_to = None if config.report_to in (None, "none") else config.report_to
     _fresh_accelerator_state()
     accelerator = Accelerator(
+        # Without CUDA, only an explicit cpu=True lets `accelerate launch` start gloo ranks.
+        cpu=not torch.cuda.is_available(),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision or "no",
         log_with=report_to,
@@ -455,7 +457,7 @@ def _new_run_dir(config: SdTextualInversionConfig) -> Path:
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())
     holder = [str(make_run_dir(config.base_output_dir)) if state.is_main_process else None]
     if state.num_processes > 1:
         broadcast_object_list(holder)
