@@ -9,7 +9,9 @@ from tiforge.model_loading import load_sd_components
 from tiforge.toy_model import evaluate_prompts, hit_rate, pipeline_with_embedding, toy_model_dir, write_concept_images
 from tiforge.train import train
 
-# concept -> (prompt, caption config, vectors); figures measured with seed 0 are stated in each test id
+# concept -> (prompt, caption config, vectors). Measured with seed 0 on the shipped toy model
+# (16 pictures each): purple star 0.00 -> 0.88; checkered style 0.00 -> 1.00 (of which light: 1 in 16,
+# see toy_model.is_hit).
 CASES = {
     "purple-star": ("a <c>", {"caption_templates": ["a {}"]}, 2),
     "light-checkered": ("a painting in the style of <c>", {"caption_preset": "style"}, 2),
