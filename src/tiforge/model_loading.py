@@ -88,7 +88,21 @@ def _load_single_file(path: Path, config_dir: str | None) -> SdComponents:
     return SdComponents(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, scheduler, source=str(path))
 
 
-def load_sd_components(model: str, hf_variant: str | None = None, single_file_config: str | None = None) -> SdComponents:
+def load_sd_components(model: str, hf_variant: str | None = None, single_file_config: str | None = None,
+                       dtype=None) -> SdComponents:
+    """Tokenizer, text encoder, VAE, UNet and a DDPM scheduler, with weights in `dtype` (default
+    float32): libraries disagree on whether stored fp16 weights load as fp16, so tiforge decides."""
+    import torch
+
+    parts = _load(model, hf_variant, single_file_config)
+    dtype = dtype or torch.float32
+    for module in (parts.text_encoder, parts.vae, parts.unet):
+        if module.dtype != dtype:
+            module.to(dtype=dtype)
+    return parts
+
+
+def _load(model: str, hf_variant: str | None, single_file_config: str | None) -> SdComponents:
     path = Path(model).expanduser()
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:

@@ -123,15 +123,13 @@ def train(
 
     # --- frozen model ---------------------------------------------------------------------------
     log.info("loading model %s", config.model)
-    parts = load_sd_components(config.model, config.hf_variant, config.single_file_config)
+    parts = load_sd_components(config.model, config.hf_variant, config.single_file_config, weight_dtype)
     prediction_type = config.prediction_type or parts.noise_scheduler.config.prediction_type
     if config.prediction_type is not None:
         parts.noise_scheduler.register_to_config(prediction_type=config.prediction_type)
     for module in (parts.vae, parts.unet, parts.text_encoder):
         module.requires_grad_(False)
         module.to(device)
-        if module.dtype != weight_dtype:
-            module.to(dtype=weight_dtype)
     log.info("%s model (text width %d), prediction_type %s", parts.family, parts.text_width, prediction_type)
 
     # --- placeholder vectors: the only trainable parameters ------------------------------------
