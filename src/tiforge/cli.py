@@ -193,12 +193,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_library_progress() -> None:
+    """Model-loading bars of diffusers and transformers repeat on every load; tiforge shows its own."""
+    try:
+        import diffusers.utils.logging as dlog
+        import transformers.utils.logging as tlog
+
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     # Library chatter (optional-dependency notices, deprecation hints) drowns tiforge's own messages.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_library_progress()
     config_path = None
     if argv[:1] == ["train"] and len(argv) > 1 and not argv[1].startswith("-"):
         # The YAML file comes right after `train`; later bare words are values of other tools' flags.
