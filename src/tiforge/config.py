@@ -274,8 +274,6 @@ class SdTextualInversionConfig(_Strict):
             )
         if self.use_masks:
             problems.append("use_masks: masked loss is not supported by this tiforge version yet; set it to false")
-        if self.validation_prompts and self.validate_every_n_steps is None and self.validate_every_n_epochs is None:
-            pass  # validation then runs once, at the end of training
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -286,8 +284,6 @@ class SdTextualInversionConfig(_Strict):
     def learning_rate(self) -> float:
         return self.optimizer.learning_rate
 
-
-TrainConfig = SdTextualInversionConfig
 
 # Where users coming from other tools usually put these keys, for "did you mean" hints.
 _MOVED_KEYS = {

@@ -275,9 +275,3 @@ def _write_picture(tmp: Path, emb: Embedding, token: str) -> None:
     info = PngImagePlugin.PngInfo()
     info.add_text(_PNG_KEY, payload)
     image.save(tmp, format="PNG", pnginfo=info)
-
-
-def format_for_path(path: Path, fmt: str | None) -> str:
-    if fmt:
-        return fmt
-    return "a1111" if path.suffix.lower() in (".pt", ".png") else "diffusers"
