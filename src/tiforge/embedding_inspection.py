@@ -7,15 +7,13 @@ from pathlib import Path
 import torch
 
 from .embedding_files import Embedding, load_embedding
-
-WIDTH_FAMILY = {768: "SD 1.x (CLIP ViT-L)", 1024: "SD 2.x (OpenCLIP ViT-H)", 1280: "SDXL clip_g (OpenCLIP bigG)"}
+from .tokens import family_of_width
 
 
 def family_of(emb: Embedding) -> str:
     if emb.is_sdxl:
         return "SDXL (clip_l 768 + clip_g 1280)"
-    width = emb.single.shape[1]
-    return WIDTH_FAMILY.get(width, f"no standard family (width {width}; e.g. a tiny test model)")
+    return family_of_width(emb.single.shape[1])
 
 
 def describe(path: str | Path, model: str | None = None, single_file_config: str | None = None, top_k: int = 5) -> str:

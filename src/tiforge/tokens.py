@@ -76,7 +76,9 @@ def initial_vectors(
     initial_embedding_file: str | None = None,
     placeholder_token: str | None = None,
 ) -> torch.Tensor:
-    """The starting vectors, [n, dim] in fp32, from exactly one of the three initializers."""
+    """The starting vectors, [n, dim] in fp32, from exactly one of the three initializers.
+
+    `num_vectors` applies to initializer_token; a phrase or a file brings its own count."""
     dim = table.shape[1]
     if initializer_token is not None:
         row = table[single_token_id(tokenizer, initializer_token, "initializer_token")]
@@ -111,15 +113,6 @@ def check_width(file_width: int, model_width: int, name: str) -> None:
             f"({family_of_width(file_width)}), but the current model has token dimension {model_width} "
             f"({family_of_width(model_width)})."
         )
-
-
-def num_vectors_for(config, tokenizer) -> int:
-    """initial_phrase and initial_embedding_file decide the vector count; num_vectors otherwise."""
-    if config.initial_phrase is not None:
-        return len(tokenizer.encode(config.initial_phrase, add_special_tokens=False))
-    if config.initial_embedding_file is not None:
-        return load_embedding(config.initial_embedding_file).single.shape[0]
-    return config.num_vectors
 
 
 class PlaceholderEmbedding(nn.Module):

@@ -44,7 +44,7 @@ from .interrupts import StopRequests, TrainingStopped
 from .loss import NoiseSource, denoising_loss, sample_latents
 from .model_loading import load_sd_components
 from .outputs import check_output_space, embedding_file_name, estimate_output_bytes, make_run_dir
-from .tokens import add_placeholder, initial_vectors, install_placeholder_embedding, num_vectors_for
+from .tokens import add_placeholder, initial_vectors, install_placeholder_embedding
 from .validation import generate_validation_images, log_validation_images
 
 log = logging.getLogger("tiforge")
@@ -139,7 +139,7 @@ def train(
         vectors = initial_vectors(
             parts.tokenizer,
             parts.text_encoder.get_input_embeddings().weight,
-            num_vectors=num_vectors_for(config, parts.tokenizer),
+            num_vectors=config.num_vectors,
             initializer_token=config.initializer_token,
             initial_phrase=config.initial_phrase,
             initial_embedding_file=config.initial_embedding_file,
