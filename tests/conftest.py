@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny SD1/SD2 pipelines and small image folders, all built locally."""
+"""Shared fixtures: tiny SD1/SD2/SDXL pipelines and small image folders, all built locally."""
 
 from __future__ import annotations
 
@@ -25,6 +25,16 @@ def tiny_sd2(tmp_path_factory) -> Path:
     from tiforge.tiny import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd2", "sd2")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    from tiforge.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sdxl", "sdxl")
+
+
+SDXL = {"type": "SDXL_TEXTUAL_INVERSION"}
 
 
 def make_images(folder: Path, n: int = 4, size: int = 48, captions: list[str] | None = None) -> Path:

@@ -107,7 +107,7 @@ def test_dataset_items_and_collate(tmp_path):
     ds = TextualInversionDataset(find_records(dl), dl, Captioner(dl, PH), tok)
     batch = collate([ds[0], ds[1]])
     assert batch["pixel_values"].shape == (2, 3, 32, 32)
-    assert batch["input_ids"].shape == (2, 77)
+    assert batch["input_ids"].shape == (2, 1, 77)
     assert (batch["input_ids"] == 49408).sum() == 2 and (batch["input_ids"] == 49409).sum() == 2
 
 

@@ -1,39 +1,56 @@
-"""The learned embedding loads with diffusers' `load_textual_inversion` and changes the prompt
-embedding exactly as tiforge's own validation encoding does."""
+"""The learned embedding loads with diffusers' `load_textual_inversion` (SDXL: once per text
+encoder) and changes the prompt embedding exactly as tiforge's own validation encoding does."""
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
-from safetensors.torch import load_file
+from diffusers import DiffusionPipeline
 
 from tiforge.config import config_from_dict
+from tiforge.embedding_files import load_embedding
 from tiforge.model_loading import load_sd_components
-from tiforge.tokens import add_placeholder, install_placeholder_embedding
+from tiforge.text_conditioning import PromptEncoder
 from tiforge.train import train
-from tiforge.validation import encode_prompts
 
-from conftest import base_config
+from conftest import SDXL, base_config
+
+PROMPT = "a <thing> on a beach"
 
 
-@pytest.mark.parametrize("family", ["sd1", "sd2"])
-def test_diffusers_load_textual_inversion_matches_our_encoding(family, tiny_sd1, tiny_sd2, image_dir, tmp_path):
-    model = tiny_sd1 if family == "sd1" else tiny_sd2
-    result = train(config_from_dict(base_config(model, image_dir, tmp_path / "out", max_train_steps=3, num_vectors=3)),
-                   progress=False)
-    prompt = "a <thing> on a beach"
+def _diffusers_encoding(model, embedding_path, sdxl: bool, prompt: str = PROMPT):
+    pipe = DiffusionPipeline.from_pretrained(model, local_files_only=True, **({} if sdxl else {"safety_checker": None}))
+    if embedding_path is not None and sdxl:
+        emb = load_embedding(embedding_path)
+        pipe.load_textual_inversion(emb.vectors["clip_l"], token="<thing>", text_encoder=pipe.text_encoder,
+                                    tokenizer=pipe.tokenizer)
+        pipe.load_textual_inversion(emb.vectors["clip_g"], token="<thing>", text_encoder=pipe.text_encoder_2,
+                                    tokenizer=pipe.tokenizer_2)
+    elif embedding_path is not None:
+        pipe.load_textual_inversion(str(embedding_path), token="<thing>")
+    if sdxl:
+        embeds, _, pooled, _ = pipe.encode_prompt(prompt, device="cpu", num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=False)
+        return embeds, pooled
+    return pipe.encode_prompt(prompt, "cpu", 1, False)[0], None
 
-    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, local_files_only=True)
-    pipe.load_textual_inversion(str(result.embedding_path), token="<thing>")
-    theirs, _ = pipe.encode_prompt(prompt, "cpu", 1, False)
 
-    parts = load_sd_components(str(model))
-    ph = add_placeholder(parts.tokenizer, "<thing>", 3)
-    install_placeholder_embedding(parts.text_encoder, ph, load_file(result.embedding_path)["<thing>"])
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_diffusers_load_textual_inversion_matches_our_encoding(family, request, image_dir, tmp_path):
+    model = request.getfixturevalue(f"tiny_{family}")
+    sdxl = family == "sdxl"
+    cfg = base_config(model, image_dir, tmp_path / "out", max_train_steps=3, num_vectors=3, **(SDXL if sdxl else {}))
+    result = train(config_from_dict(cfg), progress=False)
+
+    theirs, theirs_pooled = _diffusers_encoding(model, result.embedding_path, sdxl)
+
+    parts = load_sd_components(str(model), sdxl=sdxl)
+    encoder = PromptEncoder.of(parts)
+    encoder.add_placeholder("<thing>", encoder.vectors_of(load_embedding(result.embedding_path)))
     with torch.no_grad():
-        ours = encode_prompts(parts.tokenizer, parts.text_encoder, [ph.expand(prompt)], "cpu")
+        ours, pooled = encoder.encode([PROMPT])
     assert torch.allclose(ours, theirs, atol=1e-5)
+    if sdxl:
+        assert ours.shape[-1] == 32 + 64 and torch.allclose(pooled, theirs_pooled, atol=1e-5)
 
     # and the learned vectors really change the prompt embedding
-    plain = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, local_files_only=True)
-    baseline, _ = plain.encode_prompt("a toy on a beach", "cpu", 1, False)
+    baseline, _ = _diffusers_encoding(model, None, sdxl, "a toy on a beach")
     assert not torch.allclose(ours, baseline, atol=1e-3)

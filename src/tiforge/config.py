@@ -1,4 +1,5 @@
-"""Typed training configuration, compatible with invoke-training's `SdTextualInversionConfig` YAML.
+"""Typed training configuration, compatible with invoke-training's `SdTextualInversionConfig` and
+`SdxlTextualInversionConfig` YAML.
 
 Everything a user can get wrong is checked here, before any model is loaded, and reported all at
 once with the field path at fault.
@@ -274,15 +275,66 @@ class SdTextualInversionConfig(_Strict):
             )
         if self.use_masks:
             problems.append("use_masks: masked loss is not supported by this tiforge version yet; set it to false")
+        problems += self._family_problems()
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _family_problems(self) -> list[str]:
+        return []
 
     # -- derived values used by the recipe ------------------------------------------------------
 
     @property
     def learning_rate(self) -> float:
         return self.optimizer.learning_rate
+
+    @property
+    def is_sdxl(self) -> bool:
+        return False
+
+
+class SdxlTextualInversionConfig(SdTextualInversionConfig):
+    """SDXL: the same schema, two text encoders, and invoke-training's VAE overrides."""
+
+    type: Literal["SDXL_TEXTUAL_INVERSION", "TEXTUAL_INVERSION_SDXL"] = "SDXL_TEXTUAL_INVERSION"
+    vae_model: str | None = None
+    """A VAE to use instead of the model's own: a local diffusers folder or a hub id, e.g.
+    madebyollin/sdxl-vae-fp16-fix (SDXL's own VAE overflows to NaN in fp16)."""
+    vae_dtype: Literal["float16", "bfloat16", "float32"] | None = None
+    """The VAE's dtype, overriding weight_dtype for it: float32 keeps SDXL's own VAE finite."""
+    save_format: Literal["diffusers", "a1111", "kohya"] = "kohya"
+    """SDXL embeddings are stored as clip_l + clip_g (kohya's layout), which kohya, A1111, ComfyUI,
+    InvokeAI and diffusers read."""
+
+    def _family_problems(self) -> list[str]:
+        if self.save_format != "kohya":
+            return [
+                f"save_format: {self.save_format}: an SDXL embedding has clip_l and clip_g vectors, which only the "
+                "kohya layout holds; it is the one kohya, A1111, ComfyUI, InvokeAI and diffusers read "
+                "(diffusers: load_textual_inversion once per text encoder). Set save_format: kohya"
+            ]
+        return []
+
+    @property
+    def is_sdxl(self) -> bool:
+        return True
+
+
+TrainingConfig = Union[SdTextualInversionConfig, SdxlTextualInversionConfig]
+SD_TYPES = ("SD_TEXTUAL_INVERSION", "TEXTUAL_INVERSION_SD")
+SDXL_TYPES = ("SDXL_TEXTUAL_INVERSION", "TEXTUAL_INVERSION_SDXL")
+
+
+def config_class(pipeline_type: Any) -> type[SdTextualInversionConfig]:
+    if pipeline_type is None or pipeline_type in SD_TYPES:
+        return SdTextualInversionConfig
+    if pipeline_type in SDXL_TYPES:
+        return SdxlTextualInversionConfig
+    raise ConfigError(
+        f"type: {pipeline_type!r} is not a textual-inversion pipeline; use SD_TEXTUAL_INVERSION (SD 1.x/2.x) or "
+        "SDXL_TEXTUAL_INVERSION (SDXL)"
+    )
 
 
 # Where users coming from other tools usually put these keys, for "did you mean" hints.
@@ -309,7 +361,7 @@ def _hint(path: tuple[Any, ...]) -> str:
     name = str(path[-1]) if path else ""
     if name in _MOVED_KEYS:
         return f" (did you mean {_MOVED_KEYS[name]}?)"
-    known = set(SdTextualInversionConfig.model_fields) | set(TextualInversionSDDataLoaderConfig.model_fields)
+    known = set(SdxlTextualInversionConfig.model_fields) | set(TextualInversionSDDataLoaderConfig.model_fields)
     close = difflib.get_close_matches(name, sorted(known), n=1)
     return f" (did you mean {close[0]}?)" if close else ""
 
@@ -359,9 +411,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def config_from_dict(data: dict, source: str = "config") -> SdTextualInversionConfig:
+def config_from_dict(data: dict, source: str = "config") -> TrainingConfig:
     try:
-        return SdTextualInversionConfig.model_validate(data)
+        cls = config_class(data.get("type"))
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    try:
+        return cls.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source)) from None
 
@@ -379,9 +435,9 @@ def read_config_file(path: str | Path) -> dict:
     return data
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> SdTextualInversionConfig:
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainingConfig:
     return config_from_dict(apply_overrides(read_config_file(path), overrides or []), str(path))
 
 
-def dump_config(config: SdTextualInversionConfig) -> str:
+def dump_config(config: TrainingConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import TextualInversionSDDataLoaderConfig
 from .templates import PRESETS
+from .text_conditioning import tokenize
 from .tokens import Placeholder
 
 log = logging.getLogger(__name__)
@@ -139,21 +140,22 @@ def item_rng(seed: int, epoch: int, index: int) -> torch.Generator:
 
 
 class TextualInversionDataset(Dataset):
-    """Items are {"pixel_values" or "latent_params", "input_ids", "caption", crop fields}, looked up
-    by (epoch, index) keys from `EpochSampler`.
+    """Items are {"pixel_values" or "latent_params", "input_ids" [encoders, 77], "caption",
+    "original_size", "crop_top_left"}, looked up by (epoch, index) keys from `EpochSampler`.
 
     With `latent_params` set (cached VAE outputs), no image is decoded at all.
     """
 
-    def __init__(self, records: list[Record], dl: TextualInversionSDDataLoaderConfig, captioner: Captioner, tokenizer,
+    def __init__(self, records: list[Record], dl: TextualInversionSDDataLoaderConfig, captioner: Captioner, tokenizers,
                  seed: int = 0):
         self.records = records
         self.dl = dl
         self.size = dl.height_width
         self.captioner = captioner
-        self.tokenizer = tokenizer
+        self.tokenizers = tokenizers if isinstance(tokenizers, (list, tuple)) else [tokenizers]
         self.seed = seed
         self.latent_params: list[torch.Tensor] | None = None
+        self.latent_crops: list[Crop] | None = None
         self._images: dict[int, Image.Image] = {}
         if dl.dataset.keep_in_memory:
             self._images = {i: load_image(r.image) for i, r in enumerate(records)}
@@ -166,26 +168,17 @@ class TextualInversionDataset(Dataset):
         flip = self.dl.random_flip and bool(torch.rand((), generator=rng) < 0.5)
         return resize_and_crop(image, self.size, center=self.dl.center_crop, flip=flip, rng=rng)
 
-    def tokenize(self, caption: str) -> torch.Tensor:
-        return self.tokenizer(
-            caption,
-            padding="max_length",
-            truncation=True,
-            max_length=self.tokenizer.model_max_length,
-            return_tensors="pt",
-        ).input_ids[0]
-
     def __getitem__(self, key: tuple[int, int] | int) -> dict:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         rng = item_rng(self.seed, epoch, index)
         caption = self.captioner(self.records[index].caption, rng)
-        item = {"caption": caption, "input_ids": self.tokenize(caption)}
+        item = {"caption": caption, "input_ids": tokenize(self.tokenizers, [caption])[0]}
         if self.latent_params is not None:
-            item["latent_params"] = self.latent_params[index]
+            item["latent_params"], crop = self.latent_params[index], self.latent_crops[index]
         else:
             item["pixel_values"], crop = self.image_tensor(index, rng)
-            item["crop_top_left"] = torch.tensor([crop.top, crop.left])
-            item["original_size"] = torch.tensor(crop.original_size)
+        item["crop_top_left"] = torch.tensor([crop.top, crop.left])
+        item["original_size"] = torch.tensor(crop.original_size)
         return item
 
 
@@ -238,10 +231,11 @@ def make_dataloader(dataset: TextualInversionDataset, batch_size: int, num_worke
 def cache_vae_outputs(dataset: TextualInversionDataset, vae, device, dtype, progress=None) -> None:
     """Encode every image once; store the latent distribution (mean and log-variance) so each
     step still samples fresh latents, exactly as without the cache."""
-    params = []
+    params, crops = [], []
     indices = range(len(dataset))
     for index in progress(indices) if progress else indices:
-        pixels, _ = dataset.image_tensor(index)  # deterministic: caching needs center crops and no flips
+        pixels, crop = dataset.image_tensor(index)  # deterministic: caching needs center crops and no flips
         dist = vae.encode(pixels.unsqueeze(0).to(device, dtype)).latent_dist
         params.append(dist.parameters[0].to("cpu", torch.float32))
-    dataset.latent_params = params
+        crops.append(crop)
+    dataset.latent_params, dataset.latent_crops = params, crops

@@ -1,5 +1,6 @@
-"""Loading the frozen parts of a Stable Diffusion model from a hub id, a local diffusers folder or a
-single .safetensors/.ckpt file."""
+"""Loading the frozen parts of a Stable Diffusion model (SD 1.x/2.x or SDXL) from a hub id, a local
+diffusers folder or a single .safetensors/.ckpt file, after checking that the model is of the family
+the config trains."""
 
 from __future__ import annotations
 
@@ -26,13 +27,32 @@ class SdComponents:
     unet: Any
     noise_scheduler: Any  # DDPM, for training; validation builds its own sampler from its config
     source: str
+    tokenizer_2: Any = None  # SDXL's second (OpenCLIP bigG) text encoder
+    text_encoder_2: Any = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
 
     @property
     def text_width(self) -> int:
         return self.text_encoder.get_input_embeddings().embedding_dim
 
     @property
+    def text_encoders(self) -> list[tuple[str, Any, Any]]:
+        """(name, tokenizer, text encoder) per encoder; the names are the SDXL embedding file's keys."""
+        if self.is_sdxl:
+            return [("clip_l", self.tokenizer, self.text_encoder), ("clip_g", self.tokenizer_2, self.text_encoder_2)]
+        return [("text_encoder", self.tokenizer, self.text_encoder)]
+
+    @property
+    def frozen_modules(self) -> list[Any]:
+        return [m for m in (self.vae, self.unet, self.text_encoder, self.text_encoder_2) if m is not None]
+
+    @property
     def family(self) -> str:
+        if self.is_sdxl:
+            return "SDXL"
         return {768: "SD 1.x", 1024: "SD 2.x"}.get(self.text_width, "SD-architecture")
 
 
@@ -43,18 +63,59 @@ def _pipeline_class_of_folder(folder: Path) -> str | None:
     return json.loads(index.read_text()).get("_class_name")
 
 
-def _refuse_sdxl(what: str, cls: str | None) -> None:
-    if cls and "XL" in cls:
+def _check_family(what: str, cls: str | None, sdxl: bool) -> None:
+    """Refuse a model of the other family before its weights are read, naming what to set instead."""
+    if cls is None:
+        return
+    if "Img2Img" in cls and "XL" in cls:
+        raise ModelLoadError(
+            f"model {what} is an SDXL refiner ({cls}): it has only the OpenCLIP text encoder, so embeddings trained "
+            "on it fit nothing else. Use an SDXL base model (e.g. stabilityai/stable-diffusion-xl-base-1.0)."
+        )
+    if "XL" in cls and not sdxl:
         raise ModelLoadError(
             f"model {what} is an SDXL model ({cls}), but this config trains SD 1.x/2.x "
             "(type: SD_TEXTUAL_INVERSION). Use an SD 1.x/2.x model, or train SDXL with "
             "type: SDXL_TEXTUAL_INVERSION."
         )
+    if "XL" not in cls and sdxl:
+        raise ModelLoadError(
+            f"model {what} is an SD 1.x/2.x model ({cls}), but this config trains SDXL "
+            "(type: SDXL_TEXTUAL_INVERSION), so model must refer to an SDXL model. Use an SDXL model "
+            "(e.g. stabilityai/stable-diffusion-xl-base-1.0), or train SD 1.x/2.x with type: SD_TEXTUAL_INVERSION."
+        )
 
 
-def _load_from_pretrained(name: str, variant: str | None, local_only: bool) -> SdComponents:
+# Keys that tell the families apart in an original-layout single file (as diffusers detects them).
+_SDXL_FILE_KEY = "conditioner.embedders.1.model.positional_embedding"
+_SDXL_REFINER_FILE_KEY = "conditioner.embedders.0.model.text_projection"
+_SD_FILE_KEYS = ("cond_stage_model.transformer.text_model.embeddings.position_embedding.weight",
+                 "cond_stage_model.model.token_embedding.weight")
+
+
+def _single_file_class(path: Path) -> str | None:
+    """The pipeline class a .safetensors checkpoint holds, read from its key names alone (no weights)."""
+    if path.suffix.lower() != ".safetensors":
+        return None  # pickles would have to be unpickled whole; their loader says what it finds
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+    except Exception as err:
+        raise ModelLoadError(f"model {path}: not a readable safetensors file ({err})") from None
+    if _SDXL_FILE_KEY in keys:
+        return "StableDiffusionXLPipeline"
+    if _SDXL_REFINER_FILE_KEY in keys:
+        return "StableDiffusionXLImg2ImgPipeline"
+    if any(k in keys for k in _SD_FILE_KEYS):
+        return "StableDiffusionPipeline"
+    return None
+
+
+def _load_from_pretrained(name: str, variant: str | None, local_only: bool, sdxl: bool) -> SdComponents:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     kw = {"local_files_only": local_only}
     tokenizer = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer", **kw)
@@ -62,20 +123,28 @@ def _load_from_pretrained(name: str, variant: str | None, local_only: bool) -> S
     text_encoder = CLIPTextModel.from_pretrained(name, subfolder="text_encoder", variant=variant, **kw)
     vae = AutoencoderKL.from_pretrained(name, subfolder="vae", variant=variant, **kw)
     unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet", variant=variant, **kw)
-    return SdComponents(tokenizer, text_encoder, vae, unet, noise_scheduler, source=name)
+    parts = SdComponents(tokenizer, text_encoder, vae, unet, noise_scheduler, source=name)
+    if sdxl:
+        parts.tokenizer_2 = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer_2", **kw)
+        parts.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+            name, subfolder="text_encoder_2", variant=variant, **kw
+        )
+    return parts
 
 
-def _load_single_file(path: Path, config_dir: str | None) -> SdComponents:
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
+def _load_single_file(path: Path, config_dir: str | None, sdxl: bool) -> SdComponents:
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    kw: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    _check_family(str(path), _single_file_class(path), sdxl)
+    kw: dict[str, Any] = {} if sdxl else {"safety_checker": None, "requires_safety_checker": False}
     if config_dir is not None:
         if not Path(config_dir).is_dir():
             raise ModelLoadError(f"single_file_config {config_dir}: not a folder")
-        _refuse_sdxl(str(config_dir), _pipeline_class_of_folder(Path(config_dir)))
+        _check_family(f"{path} (single_file_config {config_dir})", _pipeline_class_of_folder(Path(config_dir)), sdxl)
         kw.update(config=str(config_dir), local_files_only=True)
+    pipeline_class = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
     try:
-        pipe = StableDiffusionPipeline.from_single_file(str(path), **kw)
+        pipe = pipeline_class.from_single_file(str(path), **kw)
     except Exception as err:
         hint = (
             ""
@@ -85,29 +154,63 @@ def _load_single_file(path: Path, config_dir: str | None) -> SdComponents:
         )
         raise ModelLoadError(f"model {path}: could not load the single-file checkpoint ({err}).{hint}") from err
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    return SdComponents(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, scheduler, source=str(path))
-
-
-def load_sd_components(model: str, hf_variant: str | None = None, single_file_config: str | None = None,
-                       dtype=None) -> SdComponents:
-    """Tokenizer, text encoder, VAE, UNet and a DDPM scheduler, with weights in `dtype` (default
-    float32): libraries disagree on whether stored fp16 weights load as fp16, so tiforge decides."""
-    import torch
-
-    parts = _load(model, hf_variant, single_file_config)
-    dtype = dtype or torch.float32
-    for module in (parts.text_encoder, parts.vae, parts.unet):
-        if module.dtype != dtype:
-            module.to(dtype=dtype)
+    parts = SdComponents(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, scheduler, source=str(path))
+    if sdxl:
+        parts.tokenizer_2, parts.text_encoder_2 = pipe.tokenizer_2, pipe.text_encoder_2
     return parts
 
 
-def _load(model: str, hf_variant: str | None, single_file_config: str | None) -> SdComponents:
+def load_sd_components(model: str, hf_variant: str | None = None, single_file_config: str | None = None,
+                       dtype=None, *, sdxl: bool = False, vae_model: str | None = None,
+                       vae_dtype=None) -> SdComponents:
+    """Tokenizer(s), text encoder(s), VAE, UNet and a DDPM scheduler, with weights in `dtype` (default
+    float32; the VAE in `vae_dtype` where given): libraries disagree on whether stored fp16 weights
+    load as fp16, so tiforge decides. `sdxl` says which family the caller trains; a model of the
+    other family is refused. `vae_model` replaces the bundled VAE (e.g. an fp16-safe SDXL VAE)."""
+    import torch
+
+    parts = _load(model, hf_variant, single_file_config, sdxl)
+    if vae_model is not None:
+        parts.vae = load_vae(vae_model, hf_variant)
+    dtype = dtype or torch.float32
+    for module in parts.frozen_modules:
+        wanted = vae_dtype if module is parts.vae and vae_dtype is not None else dtype
+        if module.dtype != wanted:
+            module.to(dtype=wanted)
+    return parts
+
+
+def load_vae(name: str, hf_variant: str | None = None):
+    """A separate VAE from a local diffusers folder (the VAE's own, or a model's `vae/`) or a hub id."""
+    from diffusers import AutoencoderKL
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+        if (path / "vae" / "config.json").is_file():
+            return AutoencoderKL.from_pretrained(str(path), subfolder="vae", local_files_only=True)
+        raise ModelLoadError(f"vae_model {path}: a diffusers VAE folder needs config.json (or vae/config.json)")
+    if path.is_file() or name.count("/") != 1 or name.startswith(("/", ".", "~")):
+        raise ModelLoadError(
+            f"vae_model {name}: expected a local diffusers VAE folder or a hub id such as "
+            "madebyollin/sdxl-vae-fp16-fix (single-file VAEs are not supported)"
+        )
+    try:
+        return AutoencoderKL.from_pretrained(name, variant=hf_variant)
+    except Exception:
+        try:
+            return AutoencoderKL.from_pretrained(name)
+        except Exception as err:
+            raise ModelLoadError(f"vae_model {name}: could not load it from the hub ({type(err).__name__}: {err})") from err
+
+
+def _load(model: str, hf_variant: str | None, single_file_config: str | None, sdxl: bool) -> SdComponents:
     path = Path(model).expanduser()
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
             raise ModelLoadError(f"model {path}: expected a {'/'.join(SINGLE_FILE_SUFFIXES)} checkpoint file")
-        return _load_single_file(path, single_file_config)
+        return _load_single_file(path, single_file_config, sdxl)
     if path.is_dir():
         cls = _pipeline_class_of_folder(path)
         if cls is None:
@@ -115,20 +218,20 @@ def _load(model: str, hf_variant: str | None, single_file_config: str | None) ->
                 f"model {path}: a folder without model_index.json is not a diffusers model folder. "
                 "Point model at the folder that holds model_index.json, or at a single .safetensors/.ckpt file."
             )
-        _refuse_sdxl(str(path), cls)
+        _check_family(str(path), cls, sdxl)
         # A variant names hub files (e.g. *.fp16.safetensors); local folders are loaded as they are.
-        return _load_from_pretrained(str(path), None, local_only=True)
+        return _load_from_pretrained(str(path), None, local_only=True, sdxl=sdxl)
     if model.count("/") != 1 or model.startswith(("/", ".", "~")):
         raise ModelLoadError(f"model {model}: no such file or folder, and not a hub id of the form 'owner/name'")
-    return _load_from_hub(model, hf_variant)
+    return _load_from_hub(model, hf_variant, sdxl)
 
 
-def _load_from_hub(repo_id: str, variant: str | None) -> SdComponents:
+def _load_from_hub(repo_id: str, variant: str | None, sdxl: bool) -> SdComponents:
     try:
         from huggingface_hub import hf_hub_download
 
         index = Path(hf_hub_download(repo_id, "model_index.json"))
-        _refuse_sdxl(repo_id, _pipeline_class_of_folder(index.parent))
+        _check_family(repo_id, _pipeline_class_of_folder(index.parent), sdxl)
     except ModelLoadError:
         raise
     except Exception as err:
@@ -137,9 +240,9 @@ def _load_from_hub(repo_id: str, variant: str | None) -> SdComponents:
             "Offline, download the model elsewhere and point model at the local folder or .safetensors file."
         ) from err
     try:
-        return _load_from_pretrained(repo_id, variant, local_only=False)
+        return _load_from_pretrained(repo_id, variant, local_only=False, sdxl=sdxl)
     except (OSError, ValueError) as err:
         if variant is None or variant not in str(err):
             raise ModelLoadError(f"model {repo_id}: {err}") from err
         log.warning("model %s has no %r variant; loading its default weights", repo_id, variant)
-        return _load_from_pretrained(repo_id, None, local_only=False)
+        return _load_from_pretrained(repo_id, None, local_only=False, sdxl=sdxl)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .embedding_files import EmbeddingFileError, load_embedding
+from .embedding_files import SDXL_KEYS, EmbeddingFileError, load_embedding
 
 
 class TokenError(ValueError):
@@ -75,10 +75,12 @@ def initial_vectors(
     initial_phrase: str | None = None,
     initial_embedding_file: str | None = None,
     placeholder_token: str | None = None,
+    part: str | None = None,
 ) -> torch.Tensor:
     """The starting vectors, [n, dim] in fp32, from exactly one of the three initializers.
 
-    `num_vectors` applies to initializer_token; a phrase or a file brings its own count."""
+    `num_vectors` applies to initializer_token; a phrase or a file brings its own count. `part`
+    names the SDXL text encoder (clip_l / clip_g) whose half of an SDXL embedding file to take."""
     dim = table.shape[1]
     if initializer_token is not None:
         row = table[single_token_id(tokenizer, initializer_token, "initializer_token")]
@@ -96,8 +98,18 @@ def initial_vectors(
                 f"{initial_embedding_file}: holds token {emb.token!r} but placeholder_token is {placeholder_token!r}; "
                 "they must match"
             )
-        vectors = emb.single
-        check_width(vectors.shape[1], dim, initial_embedding_file)
+        if part in SDXL_KEYS and not emb.is_sdxl:
+            raise EmbeddingFileError(
+                f"{initial_embedding_file}: holds an SD 1.x/2.x embedding (token dimension {emb.single.shape[1]}); "
+                "an SDXL model needs an SDXL embedding file with clip_l and clip_g vectors"
+            )
+        if part not in SDXL_KEYS and emb.is_sdxl:
+            raise EmbeddingFileError(
+                f"{initial_embedding_file}: holds an SDXL embedding (clip_l + clip_g); it cannot initialize an "
+                "SD 1.x/2.x model. Train with type: SDXL_TEXTUAL_INVERSION, or start from an SD 1.x/2.x embedding"
+            )
+        vectors = emb.vectors[part] if part in SDXL_KEYS else emb.single
+        check_width(vectors.shape[1], dim, f"{initial_embedding_file}{f' [{part}]' if part in SDXL_KEYS else ''}")
         return vectors.float().clone()
     raise TokenError("no initializer given: set initializer_token, initial_phrase or initial_embedding_file")
 

@@ -2,6 +2,9 @@
 
     config -> run folder -> accelerator -> frozen model -> placeholder vectors -> data
            -> optimizer & schedule -> (resume) -> loop (loss, step, save, validate) -> final embedding
+
+SD 1.x/2.x and SDXL share every line; what differs (one text encoder or two, SDXL's pooled and
+size/crop conditioning) lives in `text_conditioning.PromptEncoder`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from .checkpoints import (
     restore_rng,
     save_checkpoint,
 )
-from .config import ConfigError, SdTextualInversionConfig, dump_config
+from .config import ConfigError, TrainingConfig, dump_config
 from .data import (
     Captioner,
     TextualInversionDataset,
@@ -44,7 +47,8 @@ from .interrupts import StopRequests, TrainingStopped
 from .loss import NoiseSource, denoising_loss, sample_latents
 from .model_loading import load_sd_components
 from .outputs import check_output_space, embedding_file_name, estimate_output_bytes, make_run_dir
-from .tokens import add_placeholder, initial_vectors, install_placeholder_embedding
+from .text_conditioning import PromptEncoder, unet_conditioning
+from .tokens import initial_vectors
 from .validation import generate_validation_images, log_validation_images
 
 log = logging.getLogger("tiforge")
@@ -76,7 +80,7 @@ class TrainResult:
 
 
 def train(
-    config: SdTextualInversionConfig,
+    config: TrainingConfig,
     progress: bool = True,
     on_step: Callable[[StepInfo], None] | None = None,
     stop_event: threading.Event | None = None,
@@ -123,39 +127,51 @@ def train(
 
     # --- frozen model ---------------------------------------------------------------------------
     log.info("loading model %s", config.model)
-    parts = load_sd_components(config.model, config.hf_variant, config.single_file_config, weight_dtype)
+    vae_model = getattr(config, "vae_model", None)
+    vae_dtype = DTYPES[config.vae_dtype] if getattr(config, "vae_dtype", None) else None
+    parts = load_sd_components(config.model, config.hf_variant, config.single_file_config, weight_dtype,
+                               sdxl=config.is_sdxl, vae_model=vae_model, vae_dtype=vae_dtype)
     prediction_type = config.prediction_type or parts.noise_scheduler.config.prediction_type
     if config.prediction_type is not None:
         parts.noise_scheduler.register_to_config(prediction_type=config.prediction_type)
-    for module in (parts.vae, parts.unet, parts.text_encoder):
+    for module in parts.frozen_modules:
         module.requires_grad_(False)
         module.to(device)
-    log.info("%s model (text width %d), prediction_type %s", parts.family, parts.text_width, prediction_type)
+    prompt_encoder = PromptEncoder.of(parts)
+    log.info("%s model (text width %s), prediction_type %s", parts.family,
+             " + ".join(map(str, prompt_encoder.widths.values())), prediction_type)
 
-    # --- placeholder vectors: the only trainable parameters ------------------------------------
+    # --- placeholder vectors, one set per text encoder: the only trainable parameters ----------
     if state:
         vectors = state["vectors"]
+        if isinstance(vectors, torch.Tensor):  # checkpoints of format 1 held one encoder's tensor
+            vectors = {prompt_encoder.names[0]: vectors}
     else:
-        vectors = initial_vectors(
-            parts.tokenizer,
-            parts.text_encoder.get_input_embeddings().weight,
-            num_vectors=config.num_vectors,
-            initializer_token=config.initializer_token,
-            initial_phrase=config.initial_phrase,
-            initial_embedding_file=config.initial_embedding_file,
-            placeholder_token=config.placeholder_token,
-        )
-    num_vectors = vectors.shape[0]
-    placeholder = add_placeholder(parts.tokenizer, config.placeholder_token, num_vectors)
-    embedding = install_placeholder_embedding(parts.text_encoder, placeholder, vectors.to(device))
+        vectors = {
+            name: initial_vectors(
+                tokenizer,
+                encoder.get_input_embeddings().weight,
+                num_vectors=config.num_vectors,
+                initializer_token=config.initializer_token,
+                initial_phrase=config.initial_phrase,
+                initial_embedding_file=config.initial_embedding_file,
+                placeholder_token=config.placeholder_token,
+                part=name,
+            )
+            for name, tokenizer, encoder in parts.text_encoders
+        }
+    num_vectors = next(iter(vectors.values())).shape[0]
+    placeholder = prompt_encoder.add_placeholder(config.placeholder_token, vectors)
+    trainable = prompt_encoder.trainable()
     log.info("placeholder %r -> %d vector(s), token ids %s", placeholder.token, num_vectors, list(placeholder.ids))
 
     if config.gradient_checkpointing:
-        # Both models only checkpoint in train mode; neither has dropout, so outputs are unchanged.
+        # The models only checkpoint in train mode; none has dropout, so outputs are unchanged.
         parts.unet.train()
         parts.unet.enable_gradient_checkpointing()
-        parts.text_encoder.train()
-        parts.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        for encoder in prompt_encoder.text_encoders:
+            encoder.train()
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.xformers:
         parts.unet.enable_xformers_memory_efficient_attention()
 
@@ -165,10 +181,10 @@ def train(
     records = find_records(dl)
     uses_templates = dl.caption_preset is not None or dl.caption_templates is not None
     check_captions_hold_placeholder(records, placeholder.token, uses_templates)
-    dataset = TextualInversionDataset(records, dl, Captioner(dl, placeholder), parts.tokenizer, seed=seed)
+    dataset = TextualInversionDataset(records, dl, Captioner(dl, placeholder), prompt_encoder.tokenizers, seed=seed)
     if config.cache_vae_outputs:
         log.info("caching VAE outputs for %d images", len(dataset))
-        cache_vae_outputs(dataset, parts.vae, device, weight_dtype, progress=_bar("caching latents", main and progress))
+        cache_vae_outputs(dataset, parts.vae, device, parts.vae.dtype, progress=_bar("caching latents", main and progress))
         # The VAE is only needed again to decode validation images: park it off the accelerator,
         # or drop it when there is nothing to validate.
         if config.validation_prompts:
@@ -186,7 +202,7 @@ def train(
     lr = config.learning_rate
     if config.scale_lr:
         lr *= config.gradient_accumulation_steps * config.train_batch_size * accelerator.num_processes
-    optimizer = _build_optimizer(config, [embedding.vectors], lr)
+    optimizer = _build_optimizer(config, trainable, lr)
     lr_scheduler = get_scheduler(
         config.lr_scheduler,
         optimizer=optimizer,
@@ -196,8 +212,8 @@ def train(
         num_cycles=config.lr_num_cycles,
         power=config.lr_power,
     )
-    text_encoder, optimizer, dataloader, lr_scheduler = accelerator.prepare(
-        parts.text_encoder, optimizer, dataloader, lr_scheduler
+    text_model, optimizer, dataloader, lr_scheduler = accelerator.prepare(
+        prompt_encoder, optimizer, dataloader, lr_scheduler
     )
 
     # --- where training starts: step 0, or the checkpoint's position ---------------------------
@@ -216,8 +232,8 @@ def train(
     resolved = config.model_copy(update={"num_vectors": num_vectors, "seed": seed, "resume_from_checkpoint": None})
     resolved_yaml = dump_config(resolved)
     if main:
-        check_output_space(run_dir, estimate_output_bytes(config, num_vectors, parts.text_width, max_steps,
-                                                          updates_per_epoch))
+        check_output_space(run_dir, estimate_output_bytes(config, num_vectors, sum(prompt_encoder.widths.values()),
+                                                          max_steps, updates_per_epoch))
         if not state:
             atomic_write_text(run_dir / "config.yaml", resolved_yaml)
         tracker_config = {k: v for k, v in resolved.model_dump(mode="json").items() if isinstance(v, (int, float, str, bool))}
@@ -234,8 +250,8 @@ def train(
     metadata = {"tiforge.base_model": config.model, "tiforge.family": parts.family}
     save_options = {"format": config.save_format, "precision": config.save_precision}
 
-    def current_vectors() -> torch.Tensor:
-        return accelerator.unwrap_model(text_encoder).get_input_embeddings().vectors.detach()
+    def current_vectors() -> torch.Tensor | dict[str, torch.Tensor]:
+        return accelerator.unwrap_model(text_model).file_vectors()
 
     def save_final(step: int) -> None:
         if main:
@@ -248,8 +264,8 @@ def train(
         path = None
         if main:
             training_state = {
-                "format": 1, "global_step": global_step, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
-                "seed": seed, "vectors": current_vectors().cpu().float(),
+                "format": 2, "global_step": global_step, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
+                "seed": seed, "vectors": {k: v.cpu().float() for k, v in prompt_encoder.vectors().items()},
                 "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 "noise": noise.state_dict().cpu(), "rng": capture_rng(), "config": resolved.model_dump(mode="json"),
@@ -267,8 +283,7 @@ def train(
             out_dir = run_dir / "validation" / label
             images = generate_validation_images(
                 components=parts,
-                text_encoder=accelerator.unwrap_model(text_encoder),
-                placeholder=placeholder,
+                prompt_encoder=accelerator.unwrap_model(text_model),
                 prompts=config.validation_prompts,
                 negative_prompts=config.negative_validation_prompts,
                 images_per_prompt=config.num_validation_images_per_prompt,
@@ -307,23 +322,26 @@ def train(
             sampler.begin(epoch, skip * config.train_batch_size * accelerator.num_processes)
             accelerator.step = skip  # accelerate's position in the accumulation window
             batches_in_epoch = skip
-            text_encoder.train(config.gradient_checkpointing)
+            text_model.train(config.gradient_checkpointing)
             for batch in dataloader:
                 batches_in_epoch += 1
-                with accelerator.accumulate(text_encoder), accelerator.autocast():
+                with accelerator.accumulate(text_model), accelerator.autocast():
                     if "latent_params" in batch:
                         params = batch["latent_params"].to(device)
                     else:
                         with torch.no_grad():
-                            params = parts.vae.encode(batch["pixel_values"].to(device, weight_dtype)).latent_dist.parameters
+                            pixels = batch["pixel_values"].to(device, parts.vae.dtype)
+                            params = parts.vae.encode(pixels).latent_dist.parameters
                     mean_shape = (params.shape[0], params.shape[1] // 2, *params.shape[2:])
-                    latents = sample_latents(params, scaling_factor, noise.randn(mean_shape)).to(weight_dtype)
-                    hidden = text_encoder(batch["input_ids"].to(device))[0].to(weight_dtype)
+                    latents = sample_latents(params.float(), scaling_factor, noise.randn(mean_shape)).to(weight_dtype)
+                    hidden, unet_kwargs = unet_conditioning(text_model, batch["input_ids"], batch, dl.height_width,
+                                                            weight_dtype)
                     loss = denoising_loss(
                         parts.unet, parts.noise_scheduler, latents, hidden,
                         prediction_type=prediction_type, min_snr_gamma=config.min_snr_gamma,
                         noise=noise.randn(latents.shape).to(latents.dtype),
                         timesteps=noise.timesteps(latents.shape[0], parts.noise_scheduler.config.num_train_timesteps),
+                        unet_kwargs=unet_kwargs,
                     )
                     accelerator.backward(loss)
                     window_loss += loss.detach().float()
@@ -331,16 +349,17 @@ def train(
                     finite, grad_norm = True, None
                     if accelerator.sync_gradients and accelerator.scaler is None:
                         # Gradients are averaged over processes by now, so every process decides alike.
-                        grad_norm = embedding.vectors.grad.float().norm()
+                        grad_norm = torch.stack([p.grad.float().norm() for p in trainable]).norm()
                         finite = bool(torch.isfinite(grad_norm))
                         if finite and config.max_grad_norm is not None:
-                            accelerator.clip_grad_norm_([embedding.vectors], config.max_grad_norm)
+                            accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
                     if finite:
-                        before = embedding.vectors.detach().clone() if accelerator.sync_gradients else None
+                        before = [p.detach().clone() for p in trainable] if accelerator.sync_gradients else None
                         optimizer.step()
                         lr_scheduler.step()
-                        if before is not None and not bool(torch.isfinite(embedding.vectors).all()):
-                            embedding.vectors.data.copy_(before)  # an update that overflowed: undo it
+                        if before is not None and not all(bool(torch.isfinite(p).all()) for p in trainable):
+                            for p, b in zip(trainable, before):
+                                p.data.copy_(b)  # an update that overflowed: undo it
                             finite = False
                     optimizer.zero_grad(set_to_none=True)
 
@@ -366,8 +385,7 @@ def train(
                 logs = {"loss": result.final_loss, "lr": lr_scheduler.get_last_lr()[0]}
                 if grad_norm is not None:
                     logs["grad_norm"] = grad_norm.item()
-                norms = embedding.vectors.detach().float().norm(dim=1).tolist()
-                accelerator.log({**logs, **{f"vector_norm/{i}": n for i, n in enumerate(norms)}}, step=global_step)
+                accelerator.log({**logs, **_vector_norms(prompt_encoder)}, step=global_step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", epoch=epoch)
                 if on_step is not None and main:
@@ -391,7 +409,7 @@ def train(
     result.global_step = global_step
 
     # --- final embedding -------------------------------------------------------------------------
-    _check_ranks_agree(accelerator, current_vectors())
+    _check_ranks_agree(accelerator, torch.cat([v.flatten() for v in prompt_encoder.vectors().values()]))
     save_final(global_step)
     if main and config.install_embeddings_root:
         installed = install_for_invokeai(result.embedding_path, config.install_embeddings_root, placeholder.token)
@@ -407,7 +425,15 @@ def train(
 # ---------------------------------------------------------------------------------- helpers
 
 
-def _fit_to_machine(config: SdTextualInversionConfig, cuda: bool) -> SdTextualInversionConfig:
+def _vector_norms(prompt_encoder: PromptEncoder) -> dict[str, float]:
+    norms = {}
+    for name, vectors in prompt_encoder.vectors().items():
+        prefix = f"vector_norm/{name}/" if prompt_encoder.sdxl else "vector_norm/"
+        norms.update({f"{prefix}{i}": n for i, n in enumerate(vectors.float().norm(dim=1).tolist())})
+    return norms
+
+
+def _fit_to_machine(config: TrainingConfig, cuda: bool) -> TrainingConfig:
     """GPU-only settings on a machine without CUDA: say so and use what works here."""
     changes = {}
     if config.mixed_precision == "fp16" and not cuda:
@@ -416,6 +442,9 @@ def _fit_to_machine(config: SdTextualInversionConfig, cuda: bool) -> SdTextualIn
     if config.weight_dtype == "float16" and not cuda:
         log.warning("weight_dtype float16 is slow or unsupported without a CUDA GPU; using float32 on this machine")
         changes["weight_dtype"] = "float32"
+    if getattr(config, "vae_dtype", None) == "float16" and not cuda:
+        log.warning("vae_dtype float16 is slow or unsupported without a CUDA GPU; using float32 on this machine")
+        changes["vae_dtype"] = "float32"
     if config.xformers and not cuda:
         log.warning("xformers needs a CUDA GPU; using PyTorch's scaled-dot-product attention on this machine")
         changes["xformers"] = False
@@ -428,7 +457,7 @@ def _fit_to_machine(config: SdTextualInversionConfig, cuda: bool) -> SdTextualIn
     return config.model_copy(update=changes) if changes else config
 
 
-def _resume_point(config: SdTextualInversionConfig) -> Path | None:
+def _resume_point(config: TrainingConfig) -> Path | None:
     if not config.resume_from_checkpoint:
         return None
     try:
@@ -441,7 +470,7 @@ def _resume_point(config: SdTextualInversionConfig) -> Path | None:
         return None
 
 
-def _check_resumable(state: dict, config: SdTextualInversionConfig, folder: Path) -> None:
+def _check_resumable(state: dict, config: TrainingConfig, folder: Path) -> None:
     current = config.model_dump(mode="json")
     problems = incompatible_fields(state["config"], current)
     if problems:
@@ -451,7 +480,7 @@ def _check_resumable(state: dict, config: SdTextualInversionConfig, folder: Path
         )
 
 
-def _new_run_dir(config: SdTextualInversionConfig) -> Path:
+def _new_run_dir(config: TrainingConfig) -> Path:
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
@@ -506,7 +535,7 @@ def _log_to_run_dir(run_dir: Path) -> None:
     logger.setLevel(logging.INFO)
 
 
-def _build_optimizer(config: SdTextualInversionConfig, params, lr: float):
+def _build_optimizer(config: TrainingConfig, params, lr: float):
     opt = config.optimizer
     if opt.optimizer_type == "AdamW8bit":
         try:

@@ -10,17 +10,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .tokens import Placeholder
+from .text_conditioning import PromptEncoder
 
 log = logging.getLogger(__name__)
-
-
-def encode_prompts(tokenizer, text_encoder, prompts: list[str], device) -> torch.Tensor:
-    """Prompt embeddings as diffusers' `encode_prompt` computes them (no clip-skip, no mask)."""
-    ids = tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    return text_encoder(ids.to(device))[0]
 
 
 def image_grid(images: list[Image.Image], rows: int) -> Image.Image:
@@ -41,7 +33,7 @@ def _cpu_offload(pipe, device: torch.device, enabled: bool):
         log.info("enable_cpu_offload_during_validation has no effect without a CUDA device")
         yield
         return
-    modules = [pipe.text_encoder, pipe.unet, pipe.vae]
+    modules = [m for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None), pipe.unet, pipe.vae) if m is not None]
     pipe.enable_model_cpu_offload(device=device)
     try:
         yield
@@ -52,11 +44,40 @@ def _cpu_offload(pipe, device: torch.device, enabled: bool):
 
 
 @torch.no_grad()
+def make_pipeline(components, prompt_encoder: PromptEncoder):
+    """A diffusers pipeline around the frozen parts and the text encoders being trained."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    scheduler = DPMSolverMultistepScheduler.from_config(components.noise_scheduler.config)
+    encoders, tokenizers = prompt_encoder.text_encoders, prompt_encoder.tokenizers
+    if prompt_encoder.sdxl:
+        return StableDiffusionXLPipeline(
+            vae=components.vae, text_encoder=encoders[0], text_encoder_2=encoders[1], tokenizer=tokenizers[0],
+            tokenizer_2=tokenizers[1], unet=components.unet, scheduler=scheduler,
+        )
+    return StableDiffusionPipeline(
+        vae=components.vae, text_encoder=encoders[0], tokenizer=tokenizers[0], unet=components.unet,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def prompt_kwargs(prompt_encoder: PromptEncoder, prompt: str, negative: str) -> dict:
+    """Our own encoding of the prompts, so the images show exactly the vectors being trained."""
+    embeds, pooled = prompt_encoder.encode([prompt])
+    negative_embeds, negative_pooled = prompt_encoder.encode([negative])
+    if prompt_encoder.sdxl and not negative:
+        # SDXL's pipeline conditions "no negative prompt" on zeros (force_zeros_for_empty_prompt).
+        negative_embeds, negative_pooled = torch.zeros_like(negative_embeds), torch.zeros_like(negative_pooled)
+    kwargs = {"prompt_embeds": embeds, "negative_prompt_embeds": negative_embeds}
+    if prompt_encoder.sdxl:
+        kwargs.update(pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled)
+    return kwargs
+
+
 def generate_validation_images(
     *,
     components,
-    text_encoder,
-    placeholder: Placeholder,
+    prompt_encoder: PromptEncoder,
     prompts: list[str],
     negative_prompts: list[str] | None,
     images_per_prompt: int,
@@ -69,36 +90,21 @@ def generate_validation_images(
     cpu_offload: bool = False,
     autocast=contextlib.nullcontext,
 ) -> list[list[Image.Image]]:
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
     vae_device = next(components.vae.parameters()).device
     components.vae.to(device)  # it may have been parked on the CPU after latent caching
-    pipe = StableDiffusionPipeline(
-        vae=components.vae,
-        text_encoder=text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=DPMSolverMultistepScheduler.from_config(components.noise_scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = make_pipeline(components, prompt_encoder)
     pipe.set_progress_bar_config(disable=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     all_images: list[list[Image.Image]] = []
-    was_training = text_encoder.training
-    text_encoder.eval()
+    was_training = prompt_encoder.training
+    prompt_encoder.eval()
     try:
         with _cpu_offload(pipe, device, cpu_offload), autocast():
             for i, prompt in enumerate(prompts):
                 negative = negative_prompts[i] if negative_prompts else ""
-                # Our own encoding, so the images show exactly the vectors being trained.
-                embeds = encode_prompts(components.tokenizer, text_encoder, [placeholder.expand(prompt)], device)
-                negative_embeds = encode_prompts(components.tokenizer, text_encoder, [placeholder.expand(negative)], device)
                 generator = torch.Generator(device="cpu").manual_seed((seed or 0) + i)
                 images = pipe(
-                    prompt_embeds=embeds,
-                    negative_prompt_embeds=negative_embeds,
+                    **prompt_kwargs(prompt_encoder, prompt, negative),
                     num_images_per_prompt=images_per_prompt,
                     num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale,
@@ -110,7 +116,7 @@ def generate_validation_images(
                     image.save(out_dir / f"prompt{i:02d}_image{j:02d}.png")
                 all_images.append(images)
     finally:
-        text_encoder.train(was_training)
+        prompt_encoder.train(was_training)
         components.vae.to(vae_device)
     flat = [im for row in all_images for im in row]
     if flat:

@@ -1,0 +1,128 @@
+"""From caption to what the UNet is conditioned on, for both model families.
+
+SD 1.x/2.x: one text encoder; the UNet reads its last hidden state.
+SDXL: two text encoders (CLIP ViT-L "clip_l" and OpenCLIP bigG "clip_g"); the UNet reads both
+penultimate hidden states side by side, plus clip_g's pooled projection and six numbers (original
+size, crop top-left, target size) - exactly what diffusers' `StableDiffusionXLPipeline.encode_prompt`
+and `_get_add_time_ids` compute, so that embeddings trained here mean the same at inference.
+
+The placeholder gets its own trainable vectors in every text encoder; nothing else trains.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .tokens import Placeholder, PlaceholderEmbedding, add_placeholder, install_placeholder_embedding
+
+
+def tokenize(tokenizers: list[Any], texts: list[str]) -> torch.Tensor:
+    """Token ids [batch, encoders, 77]: each encoder pads its own way (SD 2.x and clip_g with "!")."""
+    per_encoder = [
+        tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+        for tok in tokenizers
+    ]
+    return torch.stack(per_encoder, dim=1)
+
+
+def sdxl_time_ids(original_size: torch.Tensor, crop_top_left: torch.Tensor, target_size: tuple[int, int]) -> torch.Tensor:
+    """[batch, 6]: (original h, w, crop top, left, target h, w) per item, as SDXL was trained."""
+    target = torch.tensor(target_size, dtype=original_size.dtype).expand(original_size.shape[0], 2)
+    return torch.cat([original_size, crop_top_left, target], dim=1)
+
+
+class PromptEncoder(nn.Module):
+    """The text side of the model as one module: token ids in, UNet conditioning out.
+
+    Being one module lets accelerate wrap it once (DDP sees every trainable vector), and lets the
+    training loop, validation and the interop tests share one definition of "the prompt embedding".
+    """
+
+    def __init__(self, encoders: list[tuple[str, Any, nn.Module]], sdxl: bool):
+        super().__init__()
+        self.names = [name for name, _, _ in encoders]
+        self.tokenizers = [tok for _, tok, _ in encoders]
+        self.text_encoders = nn.ModuleList([enc for _, _, enc in encoders])
+        self.sdxl = sdxl
+        self.placeholder: Placeholder | None = None
+
+    @classmethod
+    def of(cls, components) -> "PromptEncoder":
+        return cls(components.text_encoders, components.is_sdxl)
+
+    # -- the placeholder --------------------------------------------------------------------------
+
+    def add_placeholder(self, token: str, vectors: dict[str, torch.Tensor]) -> Placeholder:
+        """Adds the placeholder's tokens to every tokenizer and splices in its trainable vectors."""
+        placeholders = [add_placeholder(tok, token, vectors[name].shape[0]) for name, tok in zip(self.names, self.tokenizers)]
+        for name, encoder, placeholder in zip(self.names, self.text_encoders, placeholders):
+            install_placeholder_embedding(encoder, placeholder, vectors[name].to(encoder.device))
+        self.placeholder = placeholders[0]  # captions only need the token names, the same in every tokenizer
+        return self.placeholder
+
+    @property
+    def embeddings(self) -> list[PlaceholderEmbedding]:
+        return [enc.get_input_embeddings() for enc in self.text_encoders]
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [emb.vectors for emb in self.embeddings]
+
+    def vectors(self) -> dict[str, torch.Tensor]:
+        return {name: emb.vectors.detach() for name, emb in zip(self.names, self.embeddings)}
+
+    def vectors_of(self, embedding) -> dict[str, torch.Tensor]:
+        """An embedding file's vectors keyed by this model's encoders; refuses the other family's."""
+        from .embedding_files import EmbeddingFileError
+        from .tokens import check_width
+
+        if embedding.is_sdxl != self.sdxl:
+            have = "an SDXL embedding (clip_l + clip_g)" if embedding.is_sdxl else "an SD 1.x/2.x embedding"
+            raise EmbeddingFileError(f"{have} does not fit this {'SDXL' if self.sdxl else 'SD 1.x/2.x'} model")
+        vectors = dict(embedding.vectors) if self.sdxl else {self.names[0]: embedding.single}
+        for name, width in self.widths.items():
+            check_width(vectors[name].shape[1], width, f"{embedding.token or 'embedding'} [{name}]")
+        return {name: v.float() for name, v in vectors.items()}
+
+    def file_vectors(self) -> torch.Tensor | dict[str, torch.Tensor]:
+        """What an embedding file stores: one tensor (SD) or `clip_l` + `clip_g` (SDXL)."""
+        vectors = self.vectors()
+        return vectors if self.sdxl else vectors[self.names[0]]
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {name: enc.get_input_embeddings().embedding_dim for name, enc in zip(self.names, self.text_encoders)}
+
+    # -- encoding ---------------------------------------------------------------------------------
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return tokenize(self.tokenizers, texts)
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[batch, encoders, 77] ids -> (hidden states for cross-attention, pooled output or None)."""
+        if not self.sdxl:
+            return self.text_encoders[0](input_ids[:, 0].to(self.text_encoders[0].device))[0], None
+        hidden, pooled = [], None
+        for i, encoder in enumerate(self.text_encoders):
+            out = encoder(input_ids[:, i].to(encoder.device), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+            pooled = out[0]  # clip_g's projected text embedding (the last encoder's)
+        return torch.cat(hidden, dim=-1), pooled
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prompts in users' words (placeholder unexpanded) -> conditioning."""
+        expand = self.placeholder.expand if self.placeholder else (lambda s: s)
+        return self(self.tokenize([expand(p) for p in prompts]))
+
+
+def unet_conditioning(
+    prompt_encoder: PromptEncoder, input_ids: torch.Tensor, batch: dict, target_size: tuple[int, int], dtype
+) -> tuple[torch.Tensor, dict]:
+    """Hidden states and the extra UNet keyword arguments for one training batch."""
+    hidden, pooled = prompt_encoder(input_ids)
+    if pooled is None:
+        return hidden.to(dtype), {}
+    time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], target_size).to(hidden.device, dtype)
+    return hidden.to(dtype), {"added_cond_kwargs": {"text_embeds": pooled.to(dtype), "time_ids": time_ids}}
