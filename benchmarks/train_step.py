@@ -5,8 +5,9 @@ UNet forward and backward (to the encoder states). That "bare" cost is measured 
 interleaved step by step with tiforge's real training loop (cached latents, batch 1), so machine
 drift hits both alike. The ratio step/bare is tiforge's overhead; target: at most 1.05 at full size.
 
-    python benchmarks/train_step.py                 # tiny and full SD 1.5 architecture
-    python benchmarks/train_step.py --sizes tiny    # seconds
+    python benchmarks/train_step.py                          # tiny and full SD 1.5 architecture
+    python benchmarks/train_step.py --sizes tiny,tiny-xl     # seconds
+    python benchmarks/train_step.py --sizes sdxl             # full SDXL architecture (~16 GiB in fp32)
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-RESOLUTION = {"tiny": 64, "sd15": 256}
+RESOLUTION = {"tiny": 64, "tiny-xl": 64, "sd15": 256, "sdxl": 256}
+SDXL_SIZES = ("tiny-xl", "sdxl")
 
 
 def _peak_memory_gib() -> float:
@@ -35,29 +37,36 @@ def _peak_memory_gib() -> float:
 
 
 class BareStep:
-    """Text encoder fwd+bwd (to its input embeddings) + UNet fwd+bwd, with frozen weights."""
+    """Text encoder(s) fwd+bwd (to the input embeddings) + UNet fwd+bwd, on the trainer's own frozen
+    modules (one copy in memory); written with the raw diffusers/transformers calls, not tiforge's."""
 
-    def __init__(self, model: str, resolution: int, device: torch.device):
-        from tiforge.model_loading import load_sd_components
-
-        parts = load_sd_components(model)
-        self.te, self.unet, self.sched = parts.text_encoder.to(device), parts.unet.to(device), parts.noise_scheduler
-        for m in (self.te, self.unet):
-            m.requires_grad_(False)
-        # Gradients must flow back through the whole text encoder, as in training, but no further.
-        self.te.get_input_embeddings().register_forward_hook(lambda mod, inp, out: out.detach().requires_grad_(True))
-        self.ids = parts.tokenizer("a photo of a toy", padding="max_length", max_length=77,
-                                   return_tensors="pt").input_ids.to(device)
+    def __init__(self, parts, resolution: int, device: torch.device):
+        self.encoders = [parts.text_encoder] + ([parts.text_encoder_2] if parts.text_encoder_2 is not None else [])
+        self.unet, self.sched = parts.unet, parts.noise_scheduler
+        self.ids = []
+        for encoder, tokenizer in zip(self.encoders, (parts.tokenizer, parts.tokenizer_2)):
+            # Gradients must flow back through the whole text encoder, as in training, but no further.
+            encoder.get_input_embeddings().register_forward_hook(lambda mod, inp, out: out.detach().requires_grad_(True))
+            self.ids.append(tokenizer("a photo of a toy", padding="max_length", max_length=77,
+                                      return_tensors="pt").input_ids.to(device))
         factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)
         self.latents = torch.randn(1, 4, resolution // factor, resolution // factor, device=device)
+        self.time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], device=device).float()
         self.device = device
+
+    def _condition(self) -> tuple[torch.Tensor, dict]:
+        if len(self.encoders) == 1:
+            return self.encoders[0](self.ids[0])[0], {}
+        outs = [enc(ids, output_hidden_states=True) for enc, ids in zip(self.encoders, self.ids)]
+        hidden = torch.cat([o.hidden_states[-2] for o in outs], dim=-1)
+        return hidden, {"added_cond_kwargs": {"text_embeds": outs[-1][0], "time_ids": self.time_ids}}
 
     def __call__(self) -> float:
         start = time.perf_counter()
-        hidden = self.te(self.ids)[0]
+        hidden, extra = self._condition()
         noise = torch.randn_like(self.latents)
         t = torch.randint(0, 1000, (1,), device=self.device)
-        pred = self.unet(self.sched.add_noise(self.latents, noise, t), t, hidden).sample
+        pred = self.unet(self.sched.add_noise(self.latents, noise, t), t, hidden, **extra).sample
         torch.nn.functional.mse_loss(pred, noise).backward()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -67,6 +76,7 @@ class BareStep:
 def worker(size: str, steps: int) -> dict:
     from PIL import Image
 
+    import tiforge.train as train_module
     from _models import model_dir
     from tiforge.config import config_from_dict
     from tiforge.train import train
@@ -78,18 +88,25 @@ def worker(size: str, steps: int) -> dict:
     data.mkdir()
     Image.new("RGB", (res, res), (200, 80, 40)).save(data / "a.png")
     cfg = config_from_dict({
-        "seed": 0, "base_output_dir": tempfile.mkdtemp(), "report_to": "none", "model": model,
+        "type": "SDXL_TEXTUAL_INVERSION" if size in SDXL_SIZES else "SD_TEXTUAL_INVERSION", "seed": 0, "base_output_dir": tempfile.mkdtemp(), "report_to": "none", "model": model,
         "placeholder_token": "<bench>", "initializer_token": "toy", "num_vectors": 4,
         "max_train_steps": steps + 1, "train_batch_size": 1, "cache_vae_outputs": True,
         "data_loader": {"dataset": {"type": "IMAGE_DIR_DATASET", "dataset_dir": str(data)},
                         "caption_preset": "object", "resolution": res},
     })
     trainer_times, bare_times, state = [], [], {}
+    real_loader = train_module.load_sd_components
+
+    def keep_parts(*args, **kwargs):
+        state["parts"] = real_loader(*args, **kwargs)
+        return state["parts"]
+
+    train_module.load_sd_components = keep_parts
 
     def on_step(info):
         if info.step == 1:  # the first step reads weights and warms caches: not counted
             state["peak"] = _peak_memory_gib()
-            state["bare"] = BareStep(model, res, device)
+            state["bare"] = BareStep(state["parts"], res, device)
             state["bare"]()  # its own warm-up
             return
         trainer_times.append(info.seconds)
@@ -103,8 +120,8 @@ def worker(size: str, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="tiny,sd15", help="comma-separated: tiny, sd15")
-    parser.add_argument("--steps", type=int, default=None, help="measured steps (default 20 tiny, 5 sd15)")
+    parser.add_argument("--sizes", default="tiny,tiny-xl,sd15", help="comma-separated: tiny, tiny-xl, sd15, sdxl")
+    parser.add_argument("--steps", type=int, default=None, help="measured steps (default 20 tiny, 5 full size)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -112,7 +129,7 @@ def main() -> None:
         return
     rows = []
     for size in args.sizes.split(","):
-        steps = args.steps or (20 if size == "tiny" else 5)
+        steps = args.steps or (20 if size.startswith("tiny") else 5)
         # One process per size, so peak memory is that model's alone.
         out = subprocess.run([sys.executable, __file__, "--worker", size, "--steps", str(steps)],
                              capture_output=True, text=True)

@@ -5,7 +5,8 @@ import torch
 
 from tiforge.loss import denoising_loss, min_snr_weights, sample_latents, snr, training_target
 from tiforge.model_loading import load_sd_components
-from tiforge.tokens import add_placeholder, initial_vectors, install_placeholder_embedding
+from tiforge.text_conditioning import PromptEncoder, sdxl_time_ids, unet_conditioning
+from tiforge.tokens import initial_vectors
 
 
 def test_v_prediction_target_is_velocity():
@@ -38,47 +39,49 @@ def test_sample_latents_from_cached_distribution():
     assert torch.allclose(out, mean * 0.5, atol=1e-5)
 
 
-def _fixed_batch_training(model_dir, steps=30, lr=5e-2):
+def _fixed_batch_training(model_dir, sdxl=False, steps=30, lr=5e-2):
     torch.manual_seed(0)
-    parts = load_sd_components(str(model_dir))
-    for m in (parts.unet, parts.vae, parts.text_encoder):
+    parts = load_sd_components(str(model_dir), sdxl=sdxl)
+    for m in parts.frozen_modules:
         m.requires_grad_(False)
     frozen_before = {
-        name: p.detach().clone()
-        for m in (parts.unet, parts.vae, parts.text_encoder)
-        for name, p in m.named_parameters(prefix=type(m).__name__)
+        name: p.detach().clone() for i, m in enumerate(parts.frozen_modules) for name, p in m.named_parameters(prefix=str(i))
     }
-    table = parts.text_encoder.get_input_embeddings().weight
-    ph = add_placeholder(parts.tokenizer, "<thing>", 2)
-    vectors = initial_vectors(parts.tokenizer, table, num_vectors=2, initializer_token="toy")
-    emb = install_placeholder_embedding(parts.text_encoder, ph, vectors)
-    start = emb.vectors.detach().clone()
+    encoder = PromptEncoder.of(parts)
+    vectors = {
+        name: initial_vectors(tok, te.get_input_embeddings().weight, num_vectors=2, initializer_token="toy")
+        for name, tok, te in parts.text_encoders
+    }
+    ph = encoder.add_placeholder("<thing>", vectors)
+    start = [v.detach().clone() for v in encoder.trainable()]
     # weight decay on: it must reach only the new vectors
-    opt = torch.optim.AdamW([emb.vectors], lr=lr, weight_decay=0.1)
-    ids = parts.tokenizer([ph.expand("a photo of a <thing>")] * 2, padding="max_length", max_length=77,
-                          return_tensors="pt").input_ids
+    opt = torch.optim.AdamW(encoder.trainable(), lr=lr, weight_decay=0.1)
+    ids = encoder.tokenize([ph.expand("a photo of a <thing>")] * 2)
+    batch = {"original_size": torch.tensor([[48, 64], [40, 40]]), "crop_top_left": torch.tensor([[0, 8], [0, 0]])}
     latents = torch.randn(2, 4, 4, 4)
     noise = torch.randn(2, 4, 4, 4)
     timesteps = torch.tensor([300, 700])
     pred_type = parts.noise_scheduler.config.prediction_type
     losses = []
     for _ in range(steps):
-        hidden = parts.text_encoder(ids)[0]
+        hidden, unet_kwargs = unet_conditioning(encoder, ids, batch, (32, 32), torch.float32)
         loss = denoising_loss(parts.unet, parts.noise_scheduler, latents, hidden, prediction_type=pred_type,
-                              min_snr_gamma=5.0, noise=noise, timesteps=timesteps)
+                              min_snr_gamma=5.0, noise=noise, timesteps=timesteps, unet_kwargs=unet_kwargs)
         loss.backward()
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
-    return parts, emb, start, frozen_before, losses
+    return parts, encoder, start, frozen_before, losses
 
 
-def _assert_only_vectors_moved(parts, emb, start, frozen_before, losses):
+def _assert_only_vectors_moved(parts, encoder, start, frozen_before, losses):
     assert losses[-1] < losses[0] * 0.99, f"loss did not go down: {losses[0]:.5f} -> {losses[-1]:.5f}"
-    assert not torch.equal(emb.vectors.detach(), start), "the new vectors did not move"
-    for m in (parts.unet, parts.vae, parts.text_encoder):
-        for name, p in m.named_parameters(prefix=type(m).__name__):
-            if p is emb.vectors:
+    trainable = encoder.trainable()
+    for name, vectors, before in zip(encoder.names, trainable, start):
+        assert not torch.equal(vectors.detach(), before), f"the new vectors of {name} did not move"
+    for i, m in enumerate(parts.frozen_modules):
+        for name, p in m.named_parameters(prefix=str(i)):
+            if any(p is t for t in trainable):
                 continue
             name = name.replace("token_embedding.base.", "token_embedding.")
             assert torch.equal(p.detach(), frozen_before[name]), f"{name} changed"
@@ -93,3 +96,19 @@ def test_gradient_flow_sd2_v_prediction(tiny_sd2):
     result = _fixed_batch_training(tiny_sd2)
     assert result[0].noise_scheduler.config.prediction_type == "v_prediction"
     _assert_only_vectors_moved(*result)
+
+
+def test_gradient_flow_sdxl_reaches_both_encoders_and_nothing_else(tiny_sdxl):
+    result = _fixed_batch_training(tiny_sdxl, sdxl=True)
+    assert result[1].names == ["clip_l", "clip_g"] and [v.shape[1] for v in result[1].trainable()] == [32, 64]
+    _assert_only_vectors_moved(*result)
+
+
+def test_sdxl_size_and_crop_ids_match_diffusers(tiny_sdxl):
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl, local_files_only=True)
+    theirs = pipe._get_add_time_ids((48, 64), (0, 8), (32, 32), dtype=torch.float32,
+                                    text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+    ours = sdxl_time_ids(torch.tensor([[48, 64]]), torch.tensor([[0, 8]]), (32, 32)).float()
+    assert torch.equal(ours, theirs)

@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                "flags of the diffusers example (--pretrained_model_name_or_path, --train_data_dir, "
                "--learnable_property, --checkpointing_steps, --validation_prompt, ...), invokeai-ti (--model, "
                "--root, ...) and kohya-ss (--token_string, --init_word, --num_vectors_per_token, --weights, "
-               "--use_object_template, --save_model_as, --cache_latents, --xformers, ...).",
+               "--use_object_template, --save_model_as, --cache_latents, --xformers, --no_half_vae, ...). "
+               "--sdxl trains SDXL (type: SDXL_TEXTUAL_INVERSION).",
     )
     # The optional YAML path right after `train` is taken off in main(): argparse would mistake
     # the values of other tools' flags for it.

@@ -17,7 +17,7 @@ from .config import (
     AdamWOptimizerConfig,
     ConfigError,
     ImageCaptionDirDatasetConfig,
-    SdTextualInversionConfig,
+    SdxlTextualInversionConfig,
     TextualInversionSDDataLoaderConfig,
 )
 
@@ -45,7 +45,7 @@ def _is_list(annotation) -> bool:
 def _field_flags() -> dict[str, Flag]:
     flags: dict[str, Flag] = {}
     models = [
-        ("", SdTextualInversionConfig, {"data_loader", "optimizer", "type"}),
+        ("", SdxlTextualInversionConfig, {"data_loader", "optimizer"}),
         ("data_loader.", TextualInversionSDDataLoaderConfig, {"dataset", "type", "aspect_ratio_buckets"}),
         ("optimizer.", AdamWOptimizerConfig, set()),
         ("data_loader.dataset.", ImageCaptionDirDatasetConfig, {"type"}),
@@ -96,6 +96,11 @@ def _optimizer_type(value: Any, out: Overrides) -> None:
     out["optimizer.optimizer_type"] = value
 
 
+def _sdxl(value: Any, out: Overrides) -> None:
+    if value:
+        out["type"] = "SDXL_TEXTUAL_INVERSION"
+
+
 ALIASES: dict[str, Flag] = {
     # diffusers examples/textual_inversion/textual_inversion.py
     "pretrained_model_name_or_path": Flag("model"),
@@ -122,6 +127,7 @@ ALIASES: dict[str, Flag] = {
     "local_rank": Flag(None, apply=lambda v, o: None),  # set by torch.distributed launchers
     "resolution": Flag(None, apply=_resolution),
     "learning_rate": Flag("optimizer.learning_rate"),
+    "sdxl": Flag(None, kind="bool", apply=_sdxl),  # the diffusers/kohya SDXL scripts are separate programs
     # InvokeAI's invokeai-ti
     "model": Flag("model"),
     "root": Flag("install_embeddings_root"),
@@ -146,6 +152,8 @@ ALIASES: dict[str, Flag] = {
     "log_with": Flag("report_to"),
     "prior_loss_weight": Flag(None, apply=_prior_loss_weight),
     "caption_extension": Flag("data_loader.dataset.caption_extension"),
+    # kohya-ss sd-scripts sdxl_train_textual_inversion.py
+    "no_half_vae": Flag(None, kind="bool", apply=_set("vae_dtype", "float32")),
 }
 
 REFUSED = {
@@ -159,6 +167,8 @@ REFUSED = {
     "cache_latents_to_disk": "latents are cached in memory; use --cache_latents",
     "v2": "the model's family is read from the model itself; remove --v2",
     "v_parameterization": "use --prediction_type v_prediction",
+    "cache_text_encoder_outputs": "textual inversion trains through the text encoders, so their outputs change "
+                                  "every step and cannot be cached",
 }
 
 _FIELDS = _field_flags()

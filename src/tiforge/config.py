@@ -357,8 +357,13 @@ class ConfigError(ValueError):
     """A config a user must fix; the message lists every problem with its field path."""
 
 
+_SDXL_ONLY = set(SdxlTextualInversionConfig.model_fields) - set(SdTextualInversionConfig.model_fields)
+
+
 def _hint(path: tuple[Any, ...]) -> str:
     name = str(path[-1]) if path else ""
+    if name in _SDXL_ONLY:
+        return " (it applies to SDXL only: set type: SDXL_TEXTUAL_INVERSION, or --sdxl on the command line)"
     if name in _MOVED_KEYS:
         return f" (did you mean {_MOVED_KEYS[name]}?)"
     known = set(SdxlTextualInversionConfig.model_fields) | set(TextualInversionSDDataLoaderConfig.model_fields)

@@ -32,6 +32,10 @@ def describe(path: str | Path, model: str | None = None, single_file_config: str
         lines.append(f"step:      {emb.step}")
 
     tables = _vocabulary_tables(model, single_file_config) if model else {}
+    if tables and ("clip_g" in tables) != emb.is_sdxl:
+        lines.append(f"model:     {model} is {'an SDXL' if 'clip_g' in tables else 'an SD 1.x/2.x'} model: "
+                     "this embedding does not fit it")
+        tables = {}
     for key, t in emb.vectors.items():
         norms = t.float().norm(dim=1)
         ref = ""
@@ -54,10 +58,11 @@ def describe(path: str | Path, model: str | None = None, single_file_config: str
 
 
 def _vocabulary_tables(model: str, single_file_config: str | None) -> dict:
-    from .model_loading import load_sd_components
+    from .model_loading import is_sdxl_model, load_sd_components
 
-    parts = load_sd_components(model, None, single_file_config)
-    return {"vectors": parts.text_encoder.get_input_embeddings().weight.detach(), "__tokenizer__": parts.tokenizer}
+    parts = load_sd_components(model, None, single_file_config, sdxl=is_sdxl_model(model, single_file_config))
+    tables = {name: encoder.get_input_embeddings().weight.detach() for name, _, encoder in parts.text_encoders}
+    return {**tables, "__tokenizer__": parts.tokenizer}
 
 
 def _nearest(vectors: torch.Tensor, table: torch.Tensor, tokenizer, k: int) -> list[str]:

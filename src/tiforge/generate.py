@@ -8,26 +8,31 @@ from pathlib import Path
 import torch
 
 from .embedding_files import EmbeddingFileError, load_embedding
-from .model_loading import load_sd_components
-from .tokens import check_width
+from .model_loading import is_sdxl_model, load_sd_components
+from .text_conditioning import PromptEncoder
+from .validation import make_pipeline
 
 
 def load_embeddings_into(pipe, files: list[str], tokens: list[str] | None = None) -> list[str]:
-    """Adds each file's vectors under its trigger; returns the triggers to use in prompts."""
+    """Adds each file's vectors under its trigger, the way diffusers users do (SDXL: once per text
+    encoder); returns the triggers to use in prompts."""
     tokens = tokens or []
     if tokens and len(tokens) != len(files):
         raise EmbeddingFileError(f"--token given {len(tokens)} time(s) for {len(files)} embedding file(s); give one per file")
-    width = pipe.text_encoder.get_input_embeddings().embedding_dim
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        encoders = [("clip_l", pipe.tokenizer, pipe.text_encoder), ("clip_g", pipe.tokenizer_2, pipe.text_encoder_2)]
+    else:
+        encoders = [("text_encoder", pipe.tokenizer, pipe.text_encoder)]
+    check = PromptEncoder(encoders, sdxl=len(encoders) == 2)
     triggers = []
     for i, file in enumerate(files):
         emb = load_embedding(file)
-        if emb.is_sdxl:
-            raise EmbeddingFileError(f"{file}: an SDXL embedding (clip_l + clip_g) does not fit an SD 1.x/2.x model")
         trigger = tokens[i] if tokens else emb.trigger(Path(file))
-        check_width(emb.single.shape[1], width, f"{trigger} ({file})")
+        vectors = check.vectors_of(emb, f"{trigger} ({file})")
         if trigger in pipe.tokenizer.get_vocab() or trigger in triggers:
             raise EmbeddingFileError(f"{file}: the trigger {trigger!r} is already taken; pass --token to rename it")
-        pipe.load_textual_inversion({trigger: emb.single.float()}, token=trigger)
+        for name, tokenizer, encoder in encoders:
+            pipe.load_textual_inversion(vectors[name], token=trigger, tokenizer=tokenizer, text_encoder=encoder)
         triggers.append(trigger)
     return triggers
 
@@ -38,15 +43,9 @@ def generate_images(
     count: int = 1, out_dir: str | Path = "tiforge-images", single_file_config: str | None = None,
     hf_variant: str | None = None,
 ) -> list[Path]:
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
-    parts = load_sd_components(model, hf_variant, single_file_config)
+    parts = load_sd_components(model, hf_variant, single_file_config, sdxl=is_sdxl_model(model, single_file_config))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipe = StableDiffusionPipeline(
-        vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
-        scheduler=DPMSolverMultistepScheduler.from_config(parts.noise_scheduler.config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    ).to(device)
+    pipe = make_pipeline(parts, PromptEncoder.of(parts)).to(device)
     triggers = load_embeddings_into(pipe, embeddings, tokens)
     missing = [t for t in triggers if t not in prompt]
     if missing:

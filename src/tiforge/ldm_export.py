@@ -1,5 +1,5 @@
-"""Export a diffusers SD 1.x-layout pipeline as one original-layout ("LDM") checkpoint file, the
-kind A1111, ComfyUI and civitai users carry around.
+"""Export a diffusers SD 1.x/2.x or SDXL pipeline as one original-layout ("LDM") checkpoint file,
+the kind A1111, ComfyUI and civitai users carry around.
 
 The mapping follows the model's own block counts, so it also serves the tiny test pipelines, for
 which diffusers' conversion script (which assumes the full four-block layout) does not work.
@@ -23,6 +23,8 @@ _RESNET_TO_LDM = [
 _UNET_FIXED = {
     "time_embedding.linear_1": "time_embed.0",
     "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0",  # SDXL's pooled-text + size/crop embedding
+    "add_embedding.linear_2": "label_emb.0.2",
     "conv_in": "input_blocks.0.0",
     "conv_norm_out": "out.0",
     "conv_out": "out.2",
@@ -83,9 +85,47 @@ def _vae_key(key: str, num_blocks: int) -> tuple[str, bool]:
     return key, False
 
 
+_OPEN_CLIP_LAYER = [
+    ("self_attn.out_proj.", "attn.out_proj."),
+    ("layer_norm1.", "ln_1."),
+    ("layer_norm2.", "ln_2."),
+    ("mlp.fc1.", "mlp.c_fc."),
+    ("mlp.fc2.", "mlp.c_proj."),
+]
+
+
+def _open_clip_state_dict(text_encoder) -> dict[str, torch.Tensor]:
+    """OpenCLIP's own names (SD 2.x's encoder, SDXL's clip_g): fused q/k/v, transposed projection."""
+    sd = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
+    out = {
+        "token_embedding.weight": sd.pop("embeddings.token_embedding.weight"),
+        "positional_embedding": sd.pop("embeddings.position_embedding.weight"),
+        "ln_final.weight": sd.pop("final_layer_norm.weight"),
+        "ln_final.bias": sd.pop("final_layer_norm.bias"),
+    }
+    if "text_projection.weight" in sd:
+        out["text_projection"] = sd.pop("text_projection.weight").T
+    sd.pop("embeddings.position_ids", None)
+    for i in range(text_encoder.config.num_hidden_layers):
+        pre = f"encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            qkv = [sd.pop(f"{pre}self_attn.{p}_proj.{kind}") for p in ("q", "k", "v")]
+            out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat(qkv)
+        for key in [k for k in sd if k.startswith(pre)]:
+            rest = key[len(pre):]
+            for ours, theirs in _OPEN_CLIP_LAYER:
+                if rest.startswith(ours):
+                    out[f"transformer.resblocks.{i}.{theirs}{rest[len(ours):]}"] = sd.pop(key)
+    if sd:
+        raise KeyError(f"no original-layout name for text-encoder keys {sorted(sd)[:5]}")
+    return out
+
+
+def _clip_state_dict(text_encoder) -> dict[str, torch.Tensor]:
+    return {"text_model." + k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
+
+
 def pipeline_to_ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
-    if pipe.text_encoder.get_input_embeddings().embedding_dim == 1024:
-        raise NotImplementedError("exporting an OpenCLIP (SD 2.x) text encoder to the original layout is not supported")
     out: dict[str, torch.Tensor] = {}
     ucfg = pipe.unet.config
     up_has_attention = ["CrossAttn" in t for t in ucfg.up_block_types]
@@ -95,8 +135,15 @@ def pipeline_to_ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
     for key, value in pipe.vae.state_dict().items():
         ldm, is_proj = _vae_key(key, num_blocks)
         out["first_stage_model." + ldm] = value[:, :, None, None] if is_proj and value.ndim == 2 else value
-    for key, value in pipe.text_encoder.state_dict().items():
-        out["cond_stage_model.transformer.text_model." + key.removeprefix("text_model.")] = value
+    if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL
+        text = {"conditioner.embedders.0.transformer.": _clip_state_dict(pipe.text_encoder),
+                "conditioner.embedders.1.model.": _open_clip_state_dict(pipe.text_encoder_2)}
+    elif pipe.text_encoder.config.hidden_act == "gelu":  # SD 2.x: OpenCLIP ViT-H
+        text = {"cond_stage_model.model.": _open_clip_state_dict(pipe.text_encoder)}
+    else:
+        text = {"cond_stage_model.transformer.": _clip_state_dict(pipe.text_encoder)}
+    for prefix, tensors in text.items():
+        out.update({prefix + k: v for k, v in tensors.items()})
     return {k: v.contiguous() for k, v in out.items()}
 
 

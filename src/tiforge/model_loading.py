@@ -76,7 +76,7 @@ def _check_family(what: str, cls: str | None, sdxl: bool) -> None:
         raise ModelLoadError(
             f"model {what} is an SDXL model ({cls}), but this config trains SD 1.x/2.x "
             "(type: SD_TEXTUAL_INVERSION). Use an SD 1.x/2.x model, or train SDXL with "
-            "type: SDXL_TEXTUAL_INVERSION."
+            "type: SDXL_TEXTUAL_INVERSION (--sdxl on the command line)."
         )
     if "XL" not in cls and sdxl:
         raise ModelLoadError(
@@ -203,6 +203,27 @@ def load_vae(name: str, hf_variant: str | None = None):
             return AutoencoderKL.from_pretrained(name)
         except Exception as err:
             raise ModelLoadError(f"vae_model {name}: could not load it from the hub ({type(err).__name__}: {err})") from err
+
+
+def is_sdxl_model(model: str, single_file_config: str | None = None, online: bool = True) -> bool:
+    """Whether `model` is an SDXL model, from its model_index.json or its file's key names; for tools
+    that take any model (generate, inspect, the console UI) rather than a config's declared family."""
+    path = Path(model).expanduser()
+    cls = None
+    if path.is_dir():
+        cls = _pipeline_class_of_folder(path)
+    elif path.is_file():
+        cls = _single_file_class(path)
+        if cls is None and single_file_config:
+            cls = _pipeline_class_of_folder(Path(single_file_config))
+    elif online:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            cls = _pipeline_class_of_folder(Path(hf_hub_download(model, "model_index.json")).parent)
+        except Exception:
+            cls = None  # loading will say what went wrong
+    return bool(cls and "XL" in cls)
 
 
 def _load(model: str, hf_variant: str | None, single_file_config: str | None, sdxl: bool) -> SdComponents:

@@ -73,17 +73,20 @@ class PromptEncoder(nn.Module):
     def vectors(self) -> dict[str, torch.Tensor]:
         return {name: emb.vectors.detach() for name, emb in zip(self.names, self.embeddings)}
 
-    def vectors_of(self, embedding) -> dict[str, torch.Tensor]:
-        """An embedding file's vectors keyed by this model's encoders; refuses the other family's."""
+    def vectors_of(self, embedding, label: str = "embedding") -> dict[str, torch.Tensor]:
+        """An embedding file's vectors keyed by this model's encoders; refuses the other family's and
+        other widths with InvokeAI's wording ("Cannot load embedding for <label>. ...")."""
         from .embedding_files import EmbeddingFileError
         from .tokens import check_width
 
         if embedding.is_sdxl != self.sdxl:
             have = "an SDXL embedding (clip_l + clip_g)" if embedding.is_sdxl else "an SD 1.x/2.x embedding"
-            raise EmbeddingFileError(f"{have} does not fit this {'SDXL' if self.sdxl else 'SD 1.x/2.x'} model")
+            raise EmbeddingFileError(
+                f"{label}: {have} does not fit this {'SDXL' if self.sdxl else 'SD 1.x/2.x'} model"
+            )
         vectors = dict(embedding.vectors) if self.sdxl else {self.names[0]: embedding.single}
         for name, width in self.widths.items():
-            check_width(vectors[name].shape[1], width, f"{embedding.token or 'embedding'} [{name}]")
+            check_width(vectors[name].shape[1], width, f"{label} [{name}]" if self.sdxl else label)
         return {name: v.float() for name, v in vectors.items()}
 
     def file_vectors(self) -> torch.Tensor | dict[str, torch.Tensor]:

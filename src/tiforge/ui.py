@@ -98,7 +98,7 @@ def has_checkpoints(output_dir: str) -> bool:
 
 
 def form_to_config(v: dict) -> dict:
-    """The form's values as a config dict in the SD_TEXTUAL_INVERSION schema."""
+    """The form's values as a config dict (SD_TEXTUAL_INVERSION, or SDXL_ for an SDXL model)."""
     def number(key, cast=int):
         text = str(v.get(key, "")).strip()
         if not text:
@@ -108,12 +108,18 @@ def form_to_config(v: dict) -> dict:
         except ValueError:
             return text  # the config reports it, with the field's name
 
+    from .model_loading import is_sdxl_model
+
     trigger = v.get("trigger", "").strip()
+    model = v.get("model", "").strip()
+    # The family comes from the chosen model itself (no network: a hub id counts as SD until loaded).
+    sdxl = bool(model) and is_sdxl_model(model, online=False)
+    save_format = v.get("save_format", "diffusers")
     cfg = {
-        "type": "SD_TEXTUAL_INVERSION",
+        "type": "SDXL_TEXTUAL_INVERSION" if sdxl else "SD_TEXTUAL_INVERSION",
         "seed": number("seed"),
         "base_output_dir": v.get("output_dir", "").strip(),
-        "model": v.get("model", "").strip(),
+        "model": model,
         "placeholder_token": trigger,
         "initializer_token": v.get("initializer", "").strip() or None,
         "num_vectors": number("num_vectors"),
@@ -131,7 +137,8 @@ def form_to_config(v: dict) -> dict:
         "save_every_n_steps": number("save_every"),
         "max_checkpoints": number("max_checkpoints"),
         "min_snr_gamma": number("min_snr_gamma", float),
-        "save_format": v.get("save_format", "diffusers"),
+        # SDXL embeddings exist only in the clip_l/clip_g layout: its default applies
+        "save_format": None if sdxl and save_format == "diffusers" else save_format,
         "save_model_as": "pt" if v.get("save_format") == "a1111" else "safetensors",
         "report_to": "tensorboard",
         "data_loader": {
