@@ -40,17 +40,14 @@ class BareStep:
     """Text encoder(s) fwd+bwd (to the input embeddings) + UNet fwd+bwd, on the trainer's own frozen
     modules (one copy in memory); written with the raw diffusers/transformers calls, not tiforge's."""
 
-    def __init__(self, parts, resolution: int, device: torch.device):
+    def __init__(self, parts, latent_size: int, resolution: int, device: torch.device):
         self.encoders = [parts.text_encoder] + ([parts.text_encoder_2] if parts.text_encoder_2 is not None else [])
         self.unet, self.sched = parts.unet, parts.noise_scheduler
         self.ids = []
         for encoder, tokenizer in zip(self.encoders, (parts.tokenizer, parts.tokenizer_2)):
-            # Gradients must flow back through the whole text encoder, as in training, but no further.
-            encoder.get_input_embeddings().register_forward_hook(lambda mod, inp, out: out.detach().requires_grad_(True))
             self.ids.append(tokenizer("a photo of a toy", padding="max_length", max_length=77,
                                       return_tensors="pt").input_ids.to(device))
-        factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)
-        self.latents = torch.randn(1, 4, resolution // factor, resolution // factor, device=device)
+        self.latents = torch.randn(1, 4, latent_size, latent_size, device=device)
         self.time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], device=device).float()
         self.device = device
 
@@ -62,6 +59,17 @@ class BareStep:
         return hidden, {"added_cond_kwargs": {"text_embeds": outs[-1][0], "time_ids": self.time_ids}}
 
     def __call__(self) -> float:
+        # Gradients must flow back through the whole text encoder, as in training, but no further;
+        # the hooks come off again because the trainer shares these modules.
+        hooks = [enc.get_input_embeddings().register_forward_hook(lambda mod, inp, out: out.detach().requires_grad_(True))
+                 for enc in self.encoders]
+        try:
+            return self._timed()
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def _timed(self) -> float:
         start = time.perf_counter()
         hidden, extra = self._condition()
         noise = torch.randn_like(self.latents)
@@ -98,15 +106,16 @@ def worker(size: str, steps: int) -> dict:
     real_loader = train_module.load_sd_components
 
     def keep_parts(*args, **kwargs):
-        state["parts"] = real_loader(*args, **kwargs)
-        return state["parts"]
+        state["parts"] = parts = real_loader(*args, **kwargs)
+        state["latent_size"] = res // 2 ** (len(parts.vae.config.block_out_channels) - 1)  # the VAE goes after caching
+        return parts
 
     train_module.load_sd_components = keep_parts
 
     def on_step(info):
         if info.step == 1:  # the first step reads weights and warms caches: not counted
             state["peak"] = _peak_memory_gib()
-            state["bare"] = BareStep(state["parts"], res, device)
+            state["bare"] = BareStep(state["parts"], state["latent_size"], res, device)
             state["bare"]()  # its own warm-up
             return
         trainer_times.append(info.seconds)

@@ -1,6 +1,7 @@
-"""Pretrains the toy Stable-Diffusion-architecture model on the toy world (tiforge.toyworld).
+"""Pretrains the toy Stable-Diffusion-architecture models on the toy world (tiforge.toyworld).
 
-    .venv/bin/python scripts/train_toy_model.py        # about 40 minutes on a 2-core CPU
+    .venv/bin/python scripts/train_toy_model.py                 # SD twin, about 40 minutes on a 2-core CPU
+    .venv/bin/python scripts/train_toy_model.py --family sdxl   # SDXL twin, from the SD twin's VAE and text encoder
 
 Writes src/tiforge/assets/toy_model/ (fp16 weights, configs, report.json). The pictures are 32x32;
 the VAE downsamples by 2 (latents 4x16x16); the UNet has cross-attention at 8x8 and 4x4; the text
@@ -24,10 +25,18 @@ import torch
 import torch.nn.functional as F
 
 from tiforge.clip_tokenizer import load_clip_tokenizer
-from tiforge.toy_model import build_toy_components, evaluate_prompts, save_toy_model
+from tiforge.text_conditioning import PromptEncoder, unet_conditioning
+from tiforge.toy_model import (
+    FAMILIES,
+    build_toy_components,
+    build_toy_sdxl_components,
+    evaluate_prompts,
+    save_toy_model,
+    shipped_weights,
+)
 from tiforge.toyworld import SIZE, caption, render, sample_scene
 
-OUT = Path(__file__).resolve().parents[1] / "src" / "tiforge" / "assets" / "toy_model"
+ASSETS = Path(__file__).resolve().parents[1] / "src" / "tiforge" / "assets"
 
 
 def make_data(n: int, seed: int):
@@ -87,15 +96,17 @@ def reconstruction_check(vae, scenes, pixels, n=300) -> dict:
             for k in ("shape", "colour", "background")}
 
 
-def train_denoiser(unet, text_encoder, tokenizer, scheduler, latents, scenes, steps, batch, lr, log):
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+def train_denoiser(unet, prompt_encoder: PromptEncoder, scheduler, latents, scenes, steps, batch, lr, log):
+    params = list(unet.parameters()) + list(prompt_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     ema = [p.detach().clone() for p in params]
     rng = np.random.default_rng(2)
     gen = torch.Generator().manual_seed(3)
     unet.train()
-    text_encoder.train()
+    prompt_encoder.train()
     started = time.time()
+    # every toy picture is a whole, uncropped SIZE x SIZE image (what SDXL's size/crop ids describe)
+    sizes = {"original_size": torch.tensor([[SIZE, SIZE]] * batch), "crop_top_left": torch.zeros(batch, 2, dtype=torch.long)}
     for step in range(steps):
         decay = min(0.999, (1 + step) / (10 + step))
         for g in opt.param_groups:
@@ -103,11 +114,12 @@ def train_denoiser(unet, text_encoder, tokenizer, scheduler, latents, scenes, st
         idx = torch.randint(len(latents), (batch,), generator=gen)
         # 10% empty captions teach the unconditional prediction that classifier-free guidance needs
         caps = ["" if rng.random() < 0.1 else caption(scenes[i], rng) for i in idx.tolist()]
-        ids = tokenizer(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        hidden, extra = unet_conditioning(prompt_encoder, prompt_encoder.tokenize(caps), sizes, (SIZE, SIZE),
+                                          torch.float32)
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen)
-        pred = unet(scheduler.add_noise(x0, noise, t), t, text_encoder(ids)[0]).sample
+        pred = unet(scheduler.add_noise(x0, noise, t), t, hidden, **extra).sample
         loss = F.mse_loss(pred, noise)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -123,12 +135,13 @@ def train_denoiser(unet, text_encoder, tokenizer, scheduler, latents, scenes, st
         for e, p in zip(ema, params):
             p.copy_(e)
     unet.eval()
-    text_encoder.eval()
+    prompt_encoder.eval()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="sd")
+    parser.add_argument("--out", type=Path, default=None, help="default: src/tiforge/assets/<the family's folder>")
     parser.add_argument("--images", type=int, default=40000)
     parser.add_argument("--vae-steps", type=int, default=1200)
     parser.add_argument("--vae-batch", type=int, default=32)
@@ -137,6 +150,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    args.out = args.out or ASSETS / FAMILIES[args.family]
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)  # results depend on the thread count; keep it fixed
     log_lines: list[str] = []
@@ -149,22 +163,39 @@ def main() -> None:
     t0 = time.time()
     scenes, pixels = make_data(args.images, args.seed)
     log(f"{len(scenes)} scenes rendered at {SIZE}x{SIZE}")
-    tokenizer = load_clip_tokenizer()
     vae, unet, text_encoder, scheduler = build_toy_components(seed=args.seed)
-    train_vae(vae, pixels, args.vae_steps, args.vae_batch, log)
-    log(f"vae reconstructions judged: {json.dumps(reconstruction_check(vae, scenes, pixels))}")
-    latents = encode_all(vae, pixels)
-    scaling = float(1.0 / latents.std())
-    vae.register_to_config(scaling_factor=scaling)
-    latents = latents * scaling
-    log(f"latents {tuple(latents.shape)}, scaling_factor {scaling:.4f}")
-    train_denoiser(unet, text_encoder, tokenizer, scheduler, latents, scenes, args.steps, args.batch, args.lr, log)
+    text_encoder_2 = None
+    if args.family == "sdxl":
+        # The twin shares the SD twin's trained VAE (same pictures, same latents) and starts both of
+        # its text encoders from the SD twin's; its UNet learns SDXL's conditioning from scratch.
+        from diffusers import AutoencoderKL
+        from transformers import CLIPTextModel
+
+        sd = shipped_weights("sd")
+        vae = AutoencoderKL.from_pretrained(sd, subfolder="vae", torch_dtype=torch.float32)
+        sd_text = CLIPTextModel.from_pretrained(sd, subfolder="text_encoder", torch_dtype=torch.float32)
+        vae, unet, text_encoder, text_encoder_2 = build_toy_sdxl_components(vae, sd_text, seed=args.seed)
+        vae.eval()
+        latents = encode_all(vae, pixels) * vae.config.scaling_factor
+        encoders = [("clip_l", load_clip_tokenizer(), text_encoder),
+                    ("clip_g", load_clip_tokenizer(pad_token="!"), text_encoder_2)]
+        prompt_encoder = PromptEncoder(encoders, sdxl=True)
+    else:
+        train_vae(vae, pixels, args.vae_steps, args.vae_batch, log)
+        log(f"vae reconstructions judged: {json.dumps(reconstruction_check(vae, scenes, pixels))}")
+        latents = encode_all(vae, pixels)
+        scaling = float(1.0 / latents.std())
+        vae.register_to_config(scaling_factor=scaling)
+        latents = latents * scaling
+        prompt_encoder = PromptEncoder([("text_encoder", load_clip_tokenizer(), text_encoder)], sdxl=False)
+    log(f"latents {tuple(latents.shape)}, scaling_factor {vae.config.scaling_factor:.4f}")
+    train_denoiser(unet, prompt_encoder, scheduler, latents, scenes, args.steps, args.batch, args.lr, log)
     minutes = (time.time() - t0) / 60
     tmp = args.out.with_name(args.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_toy_model(tmp, vae, unet, text_encoder, scheduler)
+    save_toy_model(tmp, vae, unet, text_encoder, scheduler, text_encoder_2)
     report = {
-        "seed": args.seed, "images": args.images, "vae_steps": args.vae_steps, "steps": args.steps,
+        "family": args.family, "seed": args.seed, "images": args.images, "vae_steps": args.vae_steps, "steps": args.steps,
         "batch": args.batch, "lr": args.lr, "train_minutes": round(minutes, 1),
         "evaluation": evaluate_prompts(tmp),
     }

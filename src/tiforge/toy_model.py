@@ -1,9 +1,10 @@
-"""The pretrained toy model: a tiny Stable-Diffusion-architecture pipeline that understands the toy
-world (tiforge.toyworld), and the measurements made with it.
+"""The pretrained toy models: tiny Stable-Diffusion-architecture pipelines that understand the toy
+world (tiforge.toyworld), and the measurements made with them.
 
-Its weights ship with tiforge (assets/toy_model, fp16, made by scripts/train_toy_model.py); the
-CLIP tokenizer is added when the model is first used, from the same offline vocabulary as
-everywhere else.
+Two twins: "sd" (one text encoder) and "sdxl" (the SDXL architecture: clip_l + clip_g, pooled and
+size/crop conditioning, sharing the SD twin's VAE). Their weights ship with tiforge
+(assets/toy_model, assets/toy_model_sdxl; fp16; made by scripts/train_toy_model.py); the CLIP
+tokenizers are added when a model is first used, from the same offline vocabulary as everywhere else.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from .clip_tokenizer import cache_dir, load_clip_tokenizer
 from .toyworld import COLOURS, HELD_OUT_OBJECT, HELD_OUT_STYLE, SHAPES, SIZE, Verdict, judge
 
 TEXT_WIDTH = 64
+SDXL_TIME_EMBED = 8
+FAMILIES = {"sd": "toy_model", "sdxl": "toy_model_sdxl"}
 
 
 def build_toy_components(seed: int = 0):
@@ -58,29 +61,70 @@ def build_toy_components(seed: int = 0):
     return vae, unet, text_encoder, scheduler
 
 
-def _pipeline(vae, unet, text_encoder, tokenizer, scheduler):
-    from diffusers import StableDiffusionPipeline
+def build_toy_sdxl_components(vae, sd_text_encoder, seed: int = 0):
+    """The SDXL twin, untrained but for what it shares: the SD twin's VAE, and its text encoder as
+    the starting point of both clip_l and clip_g (clip_g gets a fresh pooled projection)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=SIZE // 2,
+        block_out_channels=(32, 64, 128),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2 * TEXT_WIDTH,
+        attention_head_dim=8,
+        norm_num_groups=16,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=SDXL_TIME_EMBED,
+        projection_class_embeddings_input_dim=6 * SDXL_TIME_EMBED + TEXT_WIDTH,
+    )
+    clip_l = CLIPTextModel(sd_text_encoder.config)
+    clip_l.load_state_dict(sd_text_encoder.state_dict())
+    config_g = sd_text_encoder.config.__class__(**{**sd_text_encoder.config.to_dict(), "hidden_act": "gelu",
+                                                   "pad_token_id": 0})
+    clip_g = CLIPTextModelWithProjection(config_g)
+    clip_g.text_model.load_state_dict({k.removeprefix("text_model."): v for k, v in sd_text_encoder.state_dict().items()})
+    return vae, unet, clip_l, clip_g
+
+
+def _pipeline(vae, unet, text_encoder, tokenizer, scheduler, text_encoder_2=None):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if text_encoder_2 is not None:
+        return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                         tokenizer=tokenizer, tokenizer_2=load_clip_tokenizer(pad_token="!"), unet=unet,
+                                         scheduler=scheduler)
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
 
 
-def save_toy_model(path: Path, vae, unet, text_encoder, scheduler) -> None:
-    """fp16 weights and configs; no tokenizer (it is rebuilt offline when the model is used)."""
-    pipe = _pipeline(vae, unet, text_encoder, load_clip_tokenizer(), scheduler)
+def save_toy_model(path: Path, vae, unet, text_encoder, scheduler, text_encoder_2=None) -> None:
+    """fp16 weights and configs; no tokenizers (they are rebuilt offline when the model is used)."""
+    pipe = _pipeline(vae, unet, text_encoder, load_clip_tokenizer(), scheduler, text_encoder_2)
     pipe.to(torch.float16).save_pretrained(path, safe_serialization=True)
     pipe.to(torch.float32)
-    shutil.rmtree(Path(path) / "tokenizer", ignore_errors=True)
+    for name in ("tokenizer", "tokenizer_2"):
+        shutil.rmtree(Path(path) / name, ignore_errors=True)
 
 
-def shipped_weights() -> Path:
-    return Path(str(resources.files("tiforge") / "assets" / "toy_model"))
+def shipped_weights(family: str = "sd") -> Path:
+    return Path(str(resources.files("tiforge") / "assets" / FAMILIES[family]))
 
 
-def toy_model_dir() -> Path:
-    """A complete diffusers folder of the toy model (weights plus tokenizer), kept in the cache."""
-    src = shipped_weights()
+def _add_tokenizers(folder: Path) -> None:
+    load_clip_tokenizer().save_pretrained(folder / "tokenizer")
+    if (folder / "text_encoder_2").is_dir():
+        load_clip_tokenizer(pad_token="!").save_pretrained(folder / "tokenizer_2")
+
+
+def toy_model_dir(family: str = "sd") -> Path:
+    """A complete diffusers folder of a toy twin (weights plus tokenizers), kept in the cache."""
+    src = shipped_weights(family)
     if not (src / "model_index.json").is_file():
         raise FileNotFoundError(f"{src}: the toy model weights are missing; run scripts/train_toy_model.py")
     digest = hashlib.sha256()
@@ -91,17 +135,18 @@ def toy_model_dir() -> Path:
         tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("report.json", "train.log"))
-        load_clip_tokenizer().save_pretrained(tmp / "tokenizer")
+        _add_tokenizers(tmp)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     return target
 
 
 def load_toy_pipeline(model_dir: Path | None = None):
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
 
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir or toy_model_dir(), safety_checker=None,
-                                                   torch_dtype=torch.float32, local_files_only=True)
+    folder = model_dir or toy_model_dir()
+    extra = {} if (Path(folder) / "text_encoder_2").is_dir() else {"safety_checker": None}
+    pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32, local_files_only=True, **extra)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -152,7 +197,7 @@ def _with_tokenizer(model_dir: Path) -> Path:
 
     copy = Path(tempfile.mkdtemp()) / "toy"
     shutil.copytree(model_dir, copy)
-    load_clip_tokenizer().save_pretrained(copy / "tokenizer")
+    _add_tokenizers(copy)
     return copy
 
 
@@ -206,7 +251,10 @@ def hit_rate(pipe, concept: str, prompt: str, n: int = 16, seed: int = 1234) -> 
 
 
 def pipeline_with_embedding(embedding_path: Path, token: str, model_dir: Path | None = None):
-    """The toy pipeline with an embedding loaded the way users load one: diffusers' loader."""
+    """The toy pipeline with an embedding loaded the way users load one: diffusers' loader (SDXL:
+    once per text encoder)."""
+    from .generate import load_embeddings_into
+
     pipe = load_toy_pipeline(model_dir)
-    pipe.load_textual_inversion(str(embedding_path), token=token)
+    load_embeddings_into(pipe, [str(embedding_path)], [token])
     return pipe
