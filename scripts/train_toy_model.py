@@ -106,7 +106,8 @@ def train_denoiser(unet, prompt_encoder: PromptEncoder, scheduler, latents, scen
     prompt_encoder.train()
     started = time.time()
     # every toy picture is a whole, uncropped SIZE x SIZE image (what SDXL's size/crop ids describe)
-    sizes = {"original_size": torch.tensor([[SIZE, SIZE]] * batch), "crop_top_left": torch.zeros(batch, 2, dtype=torch.long)}
+    sizes = {"original_size": torch.tensor([[SIZE, SIZE]] * batch), "crop_top_left": torch.zeros(batch, 2, dtype=torch.long),
+             "target_size": torch.tensor([[SIZE, SIZE]] * batch)}
     for step in range(steps):
         decay = min(0.999, (1 + step) / (10 + step))
         for g in opt.param_groups:
@@ -114,8 +115,7 @@ def train_denoiser(unet, prompt_encoder: PromptEncoder, scheduler, latents, scen
         idx = torch.randint(len(latents), (batch,), generator=gen)
         # 10% empty captions teach the unconditional prediction that classifier-free guidance needs
         caps = ["" if rng.random() < 0.1 else caption(scenes[i], rng) for i in idx.tolist()]
-        hidden, extra = unet_conditioning(prompt_encoder, prompt_encoder.tokenize(caps), sizes, (SIZE, SIZE),
-                                          torch.float32)
+        hidden, extra = unet_conditioning(prompt_encoder, prompt_encoder.tokenize(caps), sizes, torch.float32)
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen)

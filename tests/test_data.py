@@ -57,18 +57,23 @@ def test_shuffle_caption_delimiter_permutes_parts():
     assert all(sorted(s.split(", ")) == sorted(["<p> <p>_1", "red", "round", "shiny"]) for s in seen)
 
 
-def test_caption_dir_requires_a_caption_per_image(tmp_path):
+def test_a_missing_caption_file_is_named_and_skipped_or_stops(tmp_path):
+    from tiforge.dataset_check import apply_policy, scan_records
+
     folder = make_images(tmp_path / "d", n=3, captions=["a <p>"])
     (folder / "img_1.txt").unlink()
     dl = dl_config(folder, dataset={"type": "IMAGE_CAPTION_DIR_DATASET", "dataset_dir": str(folder)})
-    with pytest.raises(DatasetError, match=r"missing for 1 image\(s\): img_1.png"):
-        find_records(dl)
+    scan = scan_records(find_records(dl), (32, 32), use_masks=False)
+    assert scan.problems == [("img_1.png", "no caption file img_1.txt")]
+    assert [r.name for r in apply_policy(scan, "skip")] == ["img_0.png", "img_2.png"]
+    with pytest.raises(DatasetError, match=r"(?s)1 bad training item\(s\) \(data_loader.on_bad_image is stop\).*img_1.png"):
+        apply_policy(scan, "stop")
 
 
 def test_empty_or_missing_folder_is_named(tmp_path):
     with pytest.raises(DatasetError, match="no such folder"):
         find_records(dl_config(tmp_path / "nope", caption_preset="object"))
-    with pytest.raises(DatasetError, match="no .png/.jpg/.jpeg/.webp images found"):
+    with pytest.raises(DatasetError, match="no .png/.jpg/.jpeg/.webp.* images found"):
         find_records(dl_config(tmp_path, caption_preset="object"))
 
 

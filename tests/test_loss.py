@@ -57,14 +57,15 @@ def _fixed_batch_training(model_dir, sdxl=False, steps=30, lr=5e-2):
     # weight decay on: it must reach only the new vectors
     opt = torch.optim.AdamW(encoder.trainable(), lr=lr, weight_decay=0.1)
     ids = encoder.tokenize([ph.expand("a photo of a <thing>")] * 2)
-    batch = {"original_size": torch.tensor([[48, 64], [40, 40]]), "crop_top_left": torch.tensor([[0, 8], [0, 0]])}
+    batch = {"original_size": torch.tensor([[48, 64], [40, 40]]), "crop_top_left": torch.tensor([[0, 8], [0, 0]]),
+             "target_size": torch.tensor([[32, 32], [32, 32]])}
     latents = torch.randn(2, 4, 4, 4)
     noise = torch.randn(2, 4, 4, 4)
     timesteps = torch.tensor([300, 700])
     pred_type = parts.noise_scheduler.config.prediction_type
     losses = []
     for _ in range(steps):
-        hidden, unet_kwargs = unet_conditioning(encoder, ids, batch, (32, 32), torch.float32)
+        hidden, unet_kwargs = unet_conditioning(encoder, ids, batch, torch.float32)
         loss = denoising_loss(parts.unet, parts.noise_scheduler, latents, hidden, prediction_type=pred_type,
                               min_snr_gamma=5.0, noise=noise, timesteps=timesteps, unet_kwargs=unet_kwargs)
         loss.backward()

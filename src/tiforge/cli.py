@@ -23,11 +23,24 @@ def _train_config(args):
     data = read_config_file(args.config) if args.config else {}
     data = apply_overrides(data, args.set)
     data = apply_flag_overrides(data, flags_to_overrides(args.flags))
+    args.debug_dataset = bool(data.pop("debug_dataset", False))
     return config_from_dict(data, args.config or "command line")
+
+
+def _cmd_dataset_check(args) -> int:
+    from .dataset_check import report
+
+    print(report(_train_config(args), verbose_items=args.items))
+    return 0
 
 
 def _cmd_train(args) -> int:
     config = _train_config(args)
+    if args.debug_dataset:  # kohya's --debug_dataset: show the data as trained, then stop
+        from .dataset_check import report
+
+        print(report(config))
+        return 0
     if args.print_config:
         print(dump_config(config), end="")
         return 0
@@ -138,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per step on stdout (for scripts), no bars")
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser("dataset", help="training data tools")
+    dataset_sub = p.add_subparsers(dest="dataset_command", required=True)
+    p = dataset_sub.add_parser(
+        "check", help="check the training data of a config (or flags) before training: every file, caption and token",
+        usage="tiforge dataset check [CONFIG.yaml] [--set KEY=VALUE ...] [--items N] [--FLAG VALUE ...]",
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--items", type=int, default=None, help="show at most N items in detail (default: all)")
+    p.set_defaults(func=_cmd_dataset_check)
+
     p = sub.add_parser("config", help="print a documented example config, or check one")
     p.add_argument("--example", action="store_true", help="print a documented starting config")
     p.add_argument("--check", metavar="FILE", help="validate a config file without training")
@@ -214,11 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _quiet_library_progress()
     config_path = None
-    if argv[:1] == ["train"] and len(argv) > 1 and not argv[1].startswith("-"):
+    head = 2 if argv[:2] == ["dataset", "check"] else 1 if argv[:1] == ["train"] else 0
+    if head and len(argv) > head and not argv[head].startswith("-"):
         # The YAML file comes right after `train`; later bare words are values of other tools' flags.
-        config_path = argv.pop(1)
+        config_path = argv.pop(head)
     args, extra = parser.parse_known_args(argv)
-    if args.command == "train":
+    if head:
         args.config, args.flags = config_path, extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -96,6 +96,38 @@ def _optimizer_type(value: Any, out: Overrides) -> None:
     out["optimizer.optimizer_type"] = value
 
 
+def _dataset_config(value: Any, out: Overrides) -> None:
+    out["data_loader.dataset"] = {"type": "KOHYA_DATASET_CONFIG", "config_path": value}
+
+
+def _cache_to_disk(value: Any, out: Overrides) -> None:
+    out["cache_vae_outputs"] = bool(value)
+    out["cache_vae_outputs_to_disk"] = bool(value)
+
+
+def _bucket(key: str | None) -> Callable[[Any, Overrides], None]:
+    # kohya's bucket flags; the rest of the bucket config is filled in once all flags are read
+    def apply(value: Any, out: Overrides) -> None:
+        if key is None:  # --enable_bucket
+            if value:
+                out.setdefault("data_loader.aspect_ratio_buckets.start_dim", 256)
+        else:
+            out[f"data_loader.aspect_ratio_buckets.{key}"] = value
+
+    return apply
+
+
+def _shuffle_caption(value: Any, out: Overrides) -> None:
+    if value:
+        out["data_loader.shuffle_caption_delimiter"] = ","
+
+
+def _alpha_mask(value: Any, out: Overrides) -> None:
+    if value:
+        raise ConfigError("--alpha_mask: set alpha_mask = true on the subsets of a --dataset_config .toml, or give "
+                          "masks as masks/<name>.png beside the images with --use_masks")
+
+
 def _sdxl(value: Any, out: Overrides) -> None:
     if value:
         out["type"] = "SDXL_TEXTUAL_INVERSION"
@@ -152,6 +184,20 @@ ALIASES: dict[str, Flag] = {
     "log_with": Flag("report_to"),
     "prior_loss_weight": Flag(None, apply=_prior_loss_weight),
     "caption_extension": Flag("data_loader.dataset.caption_extension"),
+    "dataset_config": Flag(None, apply=_dataset_config),
+    "cache_latents_to_disk": Flag(None, kind="bool", apply=_cache_to_disk),
+    "enable_bucket": Flag(None, kind="bool", apply=_bucket(None)),
+    "min_bucket_reso": Flag(None, apply=_bucket("start_dim")),
+    "max_bucket_reso": Flag(None, apply=_bucket("end_dim")),
+    "bucket_reso_steps": Flag(None, apply=_bucket("divisible_by")),
+    "bucket_no_upscale": Flag(None, kind="bool", apply=_bucket("no_upscale")),
+    "flip_aug": Flag("data_loader.random_flip", kind="bool"),
+    "random_crop": Flag(None, kind="bool", apply=lambda v, o: o.__setitem__("data_loader.center_crop", not v)),
+    "shuffle_caption": Flag(None, kind="bool", apply=_shuffle_caption),
+    "masked_loss": Flag("use_masks", kind="bool"),
+    "debug_dataset": Flag(None, kind="bool", apply=_set("debug_dataset", True),
+                          note="--debug_dataset: showing the data as it would be trained, then stopping"),
+    "alpha_mask": Flag(None, kind="bool", apply=_alpha_mask),
     # kohya-ss sd-scripts sdxl_train_textual_inversion.py
     "no_half_vae": Flag(None, kind="bool", apply=_set("vae_dtype", "float32")),
 }
@@ -163,8 +209,9 @@ REFUSED = {
     "repeats": "repeat the data with --max_train_epochs or --max_train_steps",
     "save_as_full_pipeline": "tiforge saves the embedding only; load it into any pipeline with load_textual_inversion",
     "gui": "the console front end is `tiforge ui`",
-    "dataset_config": "kohya dataset .toml files are not supported yet; pass --train_data_dir with the images",
-    "cache_latents_to_disk": "latents are cached in memory; use --cache_latents",
+    "in_json": "fine-tuning metadata .json files are not read; use --train_data_dir with caption files, or a "
+               "JSONL dataset (data_loader.dataset.type: IMAGE_CAPTION_JSONL_DATASET)",
+    "reg_data_dir": "regularization images have no use in textual inversion (only the concept's pictures train it)",
     "v2": "the model's family is read from the model itself; remove --v2",
     "v_parameterization": "use --prediction_type v_prediction",
     "cache_text_encoder_outputs": "textual inversion trains through the text encoders, so their outputs change "
@@ -252,7 +299,14 @@ def apply_flag_overrides(data: dict, overrides: Overrides) -> dict:
 
 
 def _fill_flag_only_defaults(data: dict) -> None:
-    """What a config built from flags alone needs that no flag says: the dataset's type."""
+    """What a config built from flags alone needs that no flag says: the dataset's type, and the
+    sizes of kohya-style buckets (around the training resolution)."""
+    buckets = data.get("data_loader", {}).get("aspect_ratio_buckets")
+    if isinstance(buckets, dict):
+        res = data["data_loader"].get("resolution", 512)
+        side = max(res) if isinstance(res, (list, tuple)) else int(res)
+        for key, default in (("target_resolution", side), ("start_dim", 256), ("end_dim", 1024), ("divisible_by", 64)):
+            buckets.setdefault(key, default)
     dataset = data.get("data_loader", {}).get("dataset")
     if isinstance(dataset, dict) and "type" not in dataset:
         dl = data["data_loader"]

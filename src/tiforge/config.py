@@ -37,7 +37,8 @@ class ImageDirDatasetConfig(_Strict):
 
 
 class ImageCaptionDirDatasetConfig(_Strict):
-    """A folder of images, each with a same-name `.txt` caption file."""
+    """A folder of images, each with a same-name `.txt` caption file. Subfolders named
+    `<repeats>_<name>` (kohya's layout) are read too, each image repeated that many times per epoch."""
 
     type: Literal["IMAGE_CAPTION_DIR_DATASET"] = "IMAGE_CAPTION_DIR_DATASET"
     dataset_dir: str
@@ -45,14 +46,64 @@ class ImageCaptionDirDatasetConfig(_Strict):
     caption_extension: str = ".txt"
 
 
-DatasetConfig = Annotated[Union[ImageDirDatasetConfig, ImageCaptionDirDatasetConfig], Field(discriminator="type")]
+class ImageCaptionJsonlDatasetConfig(_Strict):
+    """A JSONL file, one `{"image": path, "text": caption, "mask": path}` object per line; relative
+    paths are relative to the file."""
+
+    type: Literal["IMAGE_CAPTION_JSONL_DATASET"] = "IMAGE_CAPTION_JSONL_DATASET"
+    jsonl_path: str
+    image_column: str = "image"
+    caption_column: str = "text"
+    mask_column: str = "mask"
+    keep_in_memory: bool = False
+
+
+class HFHubImageCaptionDatasetConfig(_Strict):
+    """A Hugging Face `datasets` dataset: a hub name (online), a folder saved with `save_to_disk`, or
+    an image folder with metadata (the `imagefolder` builder)."""
+
+    type: Literal["HF_HUB_IMAGE_CAPTION_DATASET"] = "HF_HUB_IMAGE_CAPTION_DATASET"
+    dataset_name: str
+    dataset_config_name: str | None = None
+    hf_cache_dir: str | None = None
+    image_column: str = "image"
+    caption_column: str = "text"
+    mask_column: str | None = None
+    split: str = "train"
+
+
+class KohyaDatasetConfig(_Strict):
+    """A kohya-ss sd-scripts dataset `.toml` (`--dataset_config`): datasets, subsets and their options."""
+
+    type: Literal["KOHYA_DATASET_CONFIG"] = "KOHYA_DATASET_CONFIG"
+    config_path: str
+
+
+DatasetConfig = Annotated[
+    Union[ImageDirDatasetConfig, ImageCaptionDirDatasetConfig, ImageCaptionJsonlDatasetConfig,
+          HFHubImageCaptionDatasetConfig, KohyaDatasetConfig],
+    Field(discriminator="type"),
+]
 
 
 class AspectRatioBucketConfig(_Strict):
-    target_resolution: int
-    start_dim: int
-    end_dim: int
-    divisible_by: int
+    """Buckets of about target_resolution^2 pixels: one side runs from start_dim to end_dim in steps of
+    divisible_by, the other follows from the area (invoke-training's form of kohya's enable_bucket)."""
+
+    target_resolution: int = Field(gt=0)
+    start_dim: int = Field(gt=0)
+    end_dim: int = Field(gt=0)
+    divisible_by: int = Field(64, gt=0)
+    no_upscale: bool = False
+    """kohya's bucket_no_upscale: a small image gets a bucket of its own size instead of being enlarged."""
+
+    @model_validator(mode="after")
+    def _sane(self) -> "AspectRatioBucketConfig":
+        if self.start_dim > self.end_dim:
+            raise ValueError(f"start_dim {self.start_dim} is larger than end_dim {self.end_dim}")
+        if self.divisible_by % 8:
+            raise ValueError(f"divisible_by must be a multiple of 8 (the VAE downsamples by 8), got {self.divisible_by}")
+        return self
 
 
 class TextualInversionSDDataLoaderConfig(_Strict):
@@ -67,6 +118,17 @@ class TextualInversionSDDataLoaderConfig(_Strict):
     random_flip: bool = False
     shuffle_caption_delimiter: str | None = None
     dataloader_num_workers: int = Field(0, ge=0)
+    caption_templates_file: str | None = None
+    """An A1111 template file: one template per line, `[name]` for the placeholder and `[filewords]`
+    for the image's own caption (or its file name's words)."""
+    keep_tokens: int = Field(0, ge=0)
+    """kohya: with shuffling or tag dropout, the first keep_tokens comma-separated tags stay in place."""
+    caption_dropout_rate: float = Field(0.0, ge=0, le=1)
+    caption_tag_dropout_rate: float = Field(0.0, ge=0, le=1)
+    color_aug: bool = False
+    """kohya: small random hue shifts (not with cache_vae_outputs)."""
+    on_bad_image: Literal["skip", "stop"] = "skip"
+    """Unreadable, empty or mismatched files: train without them (and say which), or stop before training."""
 
     @field_validator("caption_templates")
     @classmethod
@@ -156,6 +218,11 @@ class SdTextualInversionConfig(_Strict):
 
     min_snr_gamma: float | None = Field(5.0, gt=0)
     cache_vae_outputs: bool = False
+    cache_vae_outputs_to_disk: bool = False
+    """Keep the cached latents on disk (kohya's cache_latents_to_disk), keyed by image content, size,
+    crop and VAE, so a second run with the same data skips the VAE entirely."""
+    latent_cache_dir: str | None = None
+    """Where disk-cached latents live (default: ~/.cache/tiforge/latents)."""
     enable_cpu_offload_during_validation: bool = False
     gradient_accumulation_steps: int = Field(1, ge=1)
     weight_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
@@ -243,38 +310,38 @@ class SdTextualInversionConfig(_Strict):
                 f"validation_prompts has {len(self.validation_prompts)}; give one negative prompt per prompt"
             )
         dl = self.data_loader
-        if self.cache_vae_outputs and (dl.random_flip or not dl.center_crop):
-            on = [n for n, v in [("random_flip: true", dl.random_flip), ("center_crop: false", not dl.center_crop)] if v]
+        if self.cache_vae_outputs and (dl.random_flip or not dl.center_crop or dl.color_aug):
+            on = [n for n, v in [("random_flip: true", dl.random_flip), ("center_crop: false", not dl.center_crop),
+                                 ("color_aug: true", dl.color_aug)] if v]
             problems.append(
                 "cache_vae_outputs: cannot cache VAE outputs while a random augmentation is on "
                 f"(data_loader.{' and data_loader.'.join(on)}); every epoch would need new latents. "
                 "Turn the augmentation off or set cache_vae_outputs: false"
             )
-        if dl.caption_preset is not None and dl.caption_templates is not None:
-            problems.append("data_loader.caption_preset / data_loader.caption_templates: set only one")
-        has_templates = dl.caption_preset is not None or dl.caption_templates is not None
+        chosen_templates = [n for n in ("caption_preset", "caption_templates", "caption_templates_file")
+                            if getattr(dl, n) is not None]
+        if len(chosen_templates) > 1:
+            problems.append(f"data_loader.{' / data_loader.'.join(chosen_templates)}: set only one")
+        has_templates = bool(chosen_templates)
         if dl.dataset.type == "IMAGE_DIR_DATASET" and not has_templates:
             problems.append(
                 "data_loader.caption_preset: an IMAGE_DIR_DATASET has no captions, so set caption_preset "
-                "(object or style) or caption_templates"
+                "(object or style), caption_templates or caption_templates_file"
             )
-        if dl.keep_original_captions and not (dl.dataset.type == "IMAGE_CAPTION_DIR_DATASET" and has_templates):
+        if dl.keep_original_captions and (dl.dataset.type == "IMAGE_DIR_DATASET" or not has_templates):
             problems.append(
-                "data_loader.keep_original_captions: only applies to an IMAGE_CAPTION_DIR_DATASET together "
+                "data_loader.keep_original_captions: only applies to a dataset with captions together "
                 "with caption_preset or caption_templates"
             )
-        if dl.aspect_ratio_buckets is not None:
-            problems.append(
-                "data_loader.aspect_ratio_buckets: aspect-ratio bucketing is not supported by this tiforge "
-                "version yet; remove it to train at the fixed data_loader.resolution"
-            )
+        if self.cache_vae_outputs_to_disk and not self.cache_vae_outputs:
+            problems.append("cache_vae_outputs_to_disk: needs cache_vae_outputs: true")
         if self.save_format == "a1111" and self.save_model_as == "safetensors":
             problems.append(
                 "save_format / save_model_as: the a1111 layout (string_to_param) cannot be stored in safetensors; "
                 "set save_model_as: pt, or save_format: diffusers or kohya"
             )
-        if self.use_masks:
-            problems.append("use_masks: masked loss is not supported by this tiforge version yet; set it to false")
+        if self.use_masks and dl.dataset.type == "HF_HUB_IMAGE_CAPTION_DATASET" and not dl.dataset.mask_column:
+            problems.append("use_masks: set data_loader.dataset.mask_column to the dataset's mask column")
         problems += self._family_problems()
         if problems:
             raise ValueError("\n".join(problems))

@@ -1,10 +1,10 @@
-"""Training data: image folders with optional captions, turned into (pixels or cached latents,
-token ids) batches.
+"""Training data: records (from `data_sources`) turned into batches of pixels or cached latents,
+token ids, masks and the crop facts SDXL conditions on.
 
-Every random choice about an item (template, caption shuffle, crop, flip) comes from a generator
-seeded by (run seed, epoch, item index) alone, and the order of an epoch from (run seed, epoch). So
-results do not depend on the number of workers, and a resumed run can start in the middle of an
-epoch without replaying it.
+Every random choice about an item (template, caption shuffle and dropout, crop, flip, colour) comes
+from a generator seeded by (run seed, epoch, item index) alone, and the order of an epoch from (run
+seed, epoch). So results do not depend on the number of workers, and a resumed run can start in the
+middle of an epoch without replaying it.
 """
 
 from __future__ import annotations
@@ -18,43 +18,14 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .buckets import bucket_sizes, choose_bucket
 from .config import TextualInversionSDDataLoaderConfig
-from .templates import PRESETS
+from .data_sources import DatasetError, HFImage, Record, find_records  # noqa: F401  (re-exported)
+from .templates import PRESETS, read_a1111_templates
 from .text_conditioning import tokenize
 from .tokens import Placeholder
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
-class DatasetError(ValueError):
-    """Training data that cannot be used; the message names the folder or files at fault."""
-
-
-@dataclass(frozen=True)
-class Record:
-    image: Path
-    caption: str | None  # None for IMAGE_DIR_DATASET: the caption comes from a template
-
-
-def find_records(dl: TextualInversionSDDataLoaderConfig) -> list[Record]:
-    folder = Path(dl.dataset.dataset_dir).expanduser()
-    if not folder.is_dir():
-        raise DatasetError(f"data_loader.dataset.dataset_dir {folder}: no such folder")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not images:
-        raise DatasetError(f"data_loader.dataset.dataset_dir {folder}: no {'/'.join(IMAGE_SUFFIXES)} images found")
-    if dl.dataset.type == "IMAGE_DIR_DATASET":
-        return [Record(p, None) for p in images]
-    ext = dl.dataset.caption_extension
-    missing = [p.name for p in images if not p.with_suffix(ext).is_file()]
-    if missing:
-        raise DatasetError(
-            f"{folder}: IMAGE_CAPTION_DIR_DATASET needs a same-name {ext} caption per image; missing for "
-            f"{len(missing)} image(s): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}"
-        )
-    return [Record(p, p.with_suffix(ext).read_text(encoding="utf-8").strip()) for p in images]
 
 
 def check_captions_hold_placeholder(records: list[Record], placeholder: str, uses_templates: bool) -> list[str]:
@@ -64,11 +35,11 @@ def check_captions_hold_placeholder(records: list[Record], placeholder: str, use
     """
     if uses_templates:
         return []
-    without = [r.image.name for r in records if placeholder not in (r.caption or "")]
+    without = [r.name for r in records if placeholder not in (r.caption or "")]
     if len(without) == len(records):
         raise DatasetError(
             f"none of the {len(records)} captions contains the placeholder {placeholder!r}, so training would "
-            f"teach it nothing (e.g. {without[0]}). Add {placeholder!r} to the captions, or set "
+            f"teach it nothing (e.g. {', '.join(without[:5])}). Add {placeholder!r} to the captions, or set "
             "data_loader.caption_preset (object/style) with keep_original_captions: true"
         )
     if without:
@@ -79,32 +50,116 @@ def check_captions_hold_placeholder(records: list[Record], placeholder: str, use
     return without
 
 
+# --------------------------------------------------------------------------------------- captions
+
+
 class Captioner:
     """Builds the caption a record is trained with, then expands the placeholder into its vectors."""
 
     def __init__(self, dl: TextualInversionSDDataLoaderConfig, placeholder: Placeholder):
-        self.templates = PRESETS[dl.caption_preset] if dl.caption_preset else dl.caption_templates
+        if dl.caption_templates_file:
+            self.templates = read_a1111_templates(dl.caption_templates_file)
+        else:
+            self.templates = PRESETS[dl.caption_preset] if dl.caption_preset else dl.caption_templates
         self.keep_original = dl.keep_original_captions
         self.delimiter = dl.shuffle_caption_delimiter
         self.placeholder = placeholder
 
-    def __call__(self, original: str | None, rng: torch.Generator | None = None) -> str:
+    def __call__(self, original: str | None, rng: torch.Generator | None = None, record: Record | None = None) -> str:
+        options = record.options if record is not None else None
+        delimiter = options.shuffle_delimiter if options is not None else self.delimiter
         caption = original or ""
-        if self.delimiter and caption:
-            parts = [p.strip() for p in caption.split(self.delimiter)]
+        if options is not None and caption:
+            caption = _tags(caption, options, delimiter, rng)
+        elif delimiter and caption:
+            parts = [p.strip() for p in caption.split(delimiter)]
             order = torch.randperm(len(parts), generator=rng).tolist()
-            caption = f"{self.delimiter} ".join(parts[i] for i in order)
+            caption = f"{delimiter} ".join(parts[i] for i in order)
+        if options is not None and options.caption_dropout_rate and _chance(rng) < options.caption_dropout_rate:
+            caption = ""
         if self.templates:
             template = self.templates[int(torch.randint(len(self.templates), (), generator=rng).item())]
+            if "[name]" in template or "[filewords]" in template:  # an A1111 template line
+                words = original if original is not None else _file_words(record)
+                return self.placeholder.expand(
+                    template.replace("[name]", self.placeholder.token).replace("[filewords]", words or "")
+                )
             prefix = template.format(self.placeholder.token)
             caption = f"{prefix} {caption}".strip() if self.keep_original else prefix
+        if options is not None:
+            caption = " ".join(p for p in (options.caption_prefix, caption, options.caption_suffix) if p)
         return self.placeholder.expand(caption)
 
 
-def load_image(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)  # phone photos store rotation in EXIF
-        return im.convert("RGB")
+def _chance(rng: torch.Generator | None) -> float:
+    return float(torch.rand((), generator=rng))
+
+
+def _tags(caption: str, options, delimiter: str | None, rng) -> str:
+    """kohya's tag handling: the first keep_tokens tags stay, the rest may drop out or shuffle."""
+    sep = delimiter or ","
+    if not (delimiter or options.tag_dropout_rate):
+        return caption
+    parts = [p.strip() for p in caption.split(sep) if p.strip()]
+    fixed, rest = parts[: options.keep_tokens], parts[options.keep_tokens :]
+    if options.tag_dropout_rate:
+        rest = [p for p in rest if _chance(rng) >= options.tag_dropout_rate]
+    if delimiter and rest:
+        rest = [rest[i] for i in torch.randperm(len(rest), generator=rng).tolist()]
+    return f"{sep} ".join(fixed + rest)
+
+
+def _file_words(record: Record | None) -> str:
+    """A1111's [filewords] without a caption file: the file name's words."""
+    if record is None:
+        return ""
+    stem = Path(record.name).stem
+    return " ".join(w for w in stem.replace("_", " ").replace("-", " ").split() if not w.isdigit())
+
+
+# ----------------------------------------------------------------------------------------- images
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: keep the top 8 bits, not a clip
+        arr = np.asarray(im, dtype=np.uint32)
+        im = Image.fromarray((arr >> (8 if arr.max() > 255 else 0)).astype(np.uint8), "L")
+    elif im.mode == "F":
+        arr = np.asarray(im, dtype=np.float32)
+        im = Image.fromarray(np.clip(arr * (255 if arr.max() <= 1 else 1), 0, 255).astype(np.uint8), "L")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")  # transparent parts become white
+    return im.convert("RGB")
+
+
+def open_image(source: Path | HFImage) -> Image.Image:
+    """The picture as stored, fully decoded, EXIF orientation applied (phone photos store rotation there)."""
+    if isinstance(source, HFImage):
+        value = source.dataset[source.row][source.column]
+        im = value if isinstance(value, Image.Image) else Image.open(value)
+    else:
+        im = Image.open(source)
+    im.load()  # decode now: a truncated file fails here, not halfway through training
+    return ImageOps.exif_transpose(im)
+
+
+def load_image(source: Path | HFImage) -> Image.Image:
+    return _to_rgb(open_image(source))
+
+
+def load_mask(record: Record) -> Image.Image | None:
+    """White trains, black is ignored; a mask file, or the image's alpha channel (kohya's alpha_mask)."""
+    if record.mask is not None:
+        im = open_image(record.mask)
+        return im.getchannel("A") if im.mode in ("RGBA", "LA") else im.convert("L")
+    if record.options.alpha_mask:
+        im = open_image(record.image)
+        return im.convert("RGBA").getchannel("A")
+    return None
 
 
 @dataclass(frozen=True)
@@ -115,8 +170,10 @@ class Crop:
 
 
 def resize_and_crop(
-    image: Image.Image, size: tuple[int, int], center: bool, flip: bool, rng: torch.Generator | None = None
-) -> tuple[torch.Tensor, Crop]:
+    image: Image.Image, size: tuple[int, int], center: bool, flip: bool, rng: torch.Generator | None = None,
+    mask: Image.Image | None = None,
+) -> tuple[torch.Tensor, Crop] | tuple[torch.Tensor, Crop, torch.Tensor]:
+    """Scale to cover `size`, crop, maybe mirror; a mask goes through exactly the same steps."""
     height, width = size
     original = (image.height, image.width)
     scale = max(height / image.height, width / image.width)
@@ -127,11 +184,31 @@ def resize_and_crop(
     else:
         top = int(torch.randint(new_h - height + 1, (), generator=rng).item())
         left = int(torch.randint(new_w - width + 1, (), generator=rng).item())
-    image = image.crop((left, top, left + width, top + height))
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+    box = (left, top, left + width, top + height)
+    pixels = torch.from_numpy(np.asarray(image.crop(box), dtype=np.uint8).copy()).permute(2, 0, 1).float() / 127.5 - 1.0
     if flip:
         pixels = pixels.flip(-1)
-    return pixels, Crop(top, left, original)
+    crop = Crop(top, left, original)
+    if mask is None:
+        return pixels, crop
+    mask = mask.resize((new_w, new_h), Image.Resampling.BILINEAR).crop(box)
+    weights = torch.from_numpy(np.asarray(mask, dtype=np.uint8).copy()).float().unsqueeze(0) / 255.0
+    return pixels, crop, weights.flip(-1) if flip else weights
+
+
+def color_augment(pixels: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+    """kohya's color_aug in spirit: a small random hue rotation, plus slight saturation/brightness."""
+    angle = (float(torch.rand((), generator=rng)) - 0.5) * 0.35  # about +-10 degrees
+    c, s = np.cos(angle), np.sin(angle)
+    k = 1 / 3 ** 0.5
+    # rotation about the grey axis of RGB space (Rodrigues)
+    rot = torch.tensor([
+        [c + (1 - c) / 3, (1 - c) / 3 - k * s, (1 - c) / 3 + k * s],
+        [(1 - c) / 3 + k * s, c + (1 - c) / 3, (1 - c) / 3 - k * s],
+        [(1 - c) / 3 - k * s, (1 - c) / 3 + k * s, c + (1 - c) / 3],
+    ], dtype=pixels.dtype)
+    gain = 1 + (float(torch.rand((), generator=rng)) - 0.5) * 0.1
+    return (torch.einsum("ij,jhw->ihw", rot, pixels) * gain).clamp(-1, 1)
 
 
 def item_rng(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -139,46 +216,89 @@ def item_rng(seed: int, epoch: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0] ^ (state[1] >> 1)) & (2**63 - 1))
 
 
+# ---------------------------------------------------------------------------------------- dataset
+
+
 class TextualInversionDataset(Dataset):
     """Items are {"pixel_values" or "latent_params", "input_ids" [encoders, 77], "caption",
-    "original_size", "crop_top_left"}, looked up by (epoch, index) keys from `EpochSampler`.
+    "original_size", "crop_top_left", "target_size", and "mask" with masks on}, looked up by
+    (epoch, index) keys from `EpochBatchSampler`. An index counts repeats (kohya's num_repeats):
+    record r appears `r.repeats` times per epoch, each time with its own augmentation.
 
     With `latent_params` set (cached VAE outputs), no image is decoded at all.
     """
 
     def __init__(self, records: list[Record], dl: TextualInversionSDDataLoaderConfig, captioner: Captioner, tokenizers,
-                 seed: int = 0):
+                 seed: int = 0, sizes: dict[int, tuple[int, int]] | None = None, use_masks: bool = False):
         self.records = records
         self.dl = dl
-        self.size = dl.height_width
         self.captioner = captioner
         self.tokenizers = tokenizers if isinstance(tokenizers, (list, tuple)) else [tokenizers]
         self.seed = seed
+        self.use_masks = use_masks
+        self.record_of = [r for r, rec in enumerate(records) for _ in range(rec.repeats)]
+        self.targets = self._targets(sizes or {})
         self.latent_params: list[torch.Tensor] | None = None
         self.latent_crops: list[Crop] | None = None
+        self.latent_masks: list[torch.Tensor | None] | None = None
         self._images: dict[int, Image.Image] = {}
-        if dl.dataset.keep_in_memory:
+        if getattr(dl.dataset, "keep_in_memory", False):
             self._images = {i: load_image(r.image) for i, r in enumerate(records)}
 
-    def __len__(self) -> int:
-        return len(self.records)
+    def _targets(self, sizes: dict[int, tuple[int, int]]) -> list[tuple[int, int]]:
+        """The training size of each record: the fixed resolution, or its aspect-ratio bucket."""
+        cfg = self.dl.aspect_ratio_buckets
+        if cfg is None:
+            return [self.dl.height_width] * len(self.records)
+        buckets = bucket_sizes(cfg)
+        out = []
+        for r, record in enumerate(self.records):
+            size = sizes.get(r)
+            if size is None:
+                with Image.open(record.image) if isinstance(record.image, Path) else open_image(record.image) as im:
+                    size = ImageOps.exif_transpose(im).size[::-1]
+            out.append(choose_bucket(size, buckets, cfg))
+        return out
 
-    def image_tensor(self, index: int, rng: torch.Generator | None = None) -> tuple[torch.Tensor, Crop]:
-        image = self._images[index] if index in self._images else load_image(self.records[index].image)
-        flip = self.dl.random_flip and bool(torch.rand((), generator=rng) < 0.5)
-        return resize_and_crop(image, self.size, center=self.dl.center_crop, flip=flip, rng=rng)
+    def __len__(self) -> int:
+        return len(self.record_of)
+
+    def bucket_of(self, index: int) -> tuple[int, int]:
+        return self.targets[self.record_of[index]]
+
+    def image_tensors(self, record_index: int, rng: torch.Generator | None = None):
+        """(pixels, crop, mask or None) of one record, augmented by `rng` (None: deterministic)."""
+        record = self.records[record_index]
+        image = self._images[record_index] if record_index in self._images else load_image(record.image)
+        mask = load_mask(record) if self.use_masks else None
+        if mask is not None and mask.size != image.size:
+            raise DatasetError(f"{record.mask or record.name}: mask is {mask.size[0]}x{mask.size[1]} but the image "
+                               f"{record.name} is {image.width}x{image.height}; a mask must match its image")
+        flip = rng is not None and record.options.flip and bool(torch.rand((), generator=rng) < 0.5)
+        center = rng is None or not record.options.random_crop
+        out = resize_and_crop(image, self.targets[record_index], center=center, flip=flip, rng=rng, mask=mask)
+        pixels, crop = out[0], out[1]
+        if rng is not None and record.options.color_aug:
+            pixels = color_augment(pixels, rng)
+        return pixels, crop, out[2] if mask is not None else None
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict:
         epoch, index = key if isinstance(key, tuple) else (0, key)
+        r = self.record_of[index]
+        record = self.records[r]
         rng = item_rng(self.seed, epoch, index)
-        caption = self.captioner(self.records[index].caption, rng)
+        caption = self.captioner(record.caption, rng, record)
         item = {"caption": caption, "input_ids": tokenize(self.tokenizers, [caption])[0]}
         if self.latent_params is not None:
-            item["latent_params"], crop = self.latent_params[index], self.latent_crops[index]
+            item["latent_params"], crop = self.latent_params[r], self.latent_crops[r]
+            mask = self.latent_masks[r] if self.use_masks else None
         else:
-            item["pixel_values"], crop = self.image_tensor(index, rng)
+            item["pixel_values"], crop, mask = self.image_tensors(r, rng)
+        if self.use_masks:
+            item["mask"] = mask if mask is not None else torch.ones(1, *self.targets[r])
         item["crop_top_left"] = torch.tensor([crop.top, crop.left])
         item["original_size"] = torch.tensor(crop.original_size)
+        item["target_size"] = torch.tensor(self.targets[r])
         return item
 
 
@@ -195,15 +315,62 @@ class EpochSampler(Sampler):
     def begin(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 
-    def __iter__(self):
+    def order(self) -> list[int]:
         if self.shuffle:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
-        else:
-            order = torch.arange(self.size)
-        return iter([(self.epoch, int(i)) for i in order[self.skip :]])
+            return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch)).tolist()
+        return list(range(self.size))
+
+    def __iter__(self):
+        return iter([(self.epoch, i) for i in self.order()[self.skip :]])
 
     def __len__(self) -> int:
         return self.size - self.skip
+
+
+class EpochBatchSampler(Sampler):
+    """Batches of (epoch, index) keys; with buckets, each batch comes from one bucket and the order of
+    batches is shuffled too. `begin(epoch, skip)` skips `skip` whole batches (resume)."""
+
+    def __init__(self, dataset: TextualInversionDataset, batch_size: int, seed: int):
+        self.items = EpochSampler(len(dataset), seed)
+        self.batch_size, self.seed = batch_size, seed
+        self.buckets = [dataset.bucket_of(i) for i in range(len(dataset))] \
+            if dataset.dl.aspect_ratio_buckets is not None else None
+        self.skip = 0
+
+    def begin(self, epoch: int, skip: int = 0) -> None:
+        self.items.begin(epoch)
+        self.skip = skip
+
+    def batches(self) -> list[list[tuple[int, int]]]:
+        order = self.items.order()
+        epoch = self.items.epoch
+        if self.buckets is None:
+            groups = [order]
+        else:
+            by_bucket: dict[tuple[int, int], list[int]] = {}
+            for i in order:
+                by_bucket.setdefault(self.buckets[i], []).append(i)
+            groups = list(by_bucket.values())
+        batches = [[(epoch, i) for i in g[s : s + self.batch_size]] for g in groups for s in range(0, len(g), self.batch_size)]
+        if self.buckets is not None:
+            shuffle = torch.randperm(len(batches), generator=torch.Generator().manual_seed(self.seed * 104729 + epoch))
+            batches = [batches[i] for i in shuffle.tolist()]
+        return batches
+
+    def batches_per_epoch(self) -> int:
+        if self.buckets is None:
+            return -(-len(self.items.order()) // self.batch_size)
+        counts: dict[tuple[int, int], int] = {}
+        for b in self.buckets:
+            counts[b] = counts.get(b, 0) + 1
+        return sum(-(-n // self.batch_size) for n in counts.values())
+
+    def __iter__(self):
+        return iter(self.batches()[self.skip :])
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch() - self.skip
 
 
 def collate(items: list[dict]) -> dict:
@@ -217,25 +384,9 @@ def collate(items: list[dict]) -> dict:
 def make_dataloader(dataset: TextualInversionDataset, batch_size: int, num_workers: int) -> DataLoader:
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), dataset.seed),
+        batch_sampler=EpochBatchSampler(dataset, batch_size, dataset.seed),
         collate_fn=collate,
         num_workers=num_workers,
         # workers are cheap to keep and the sampler, not the workers, carries the epoch
         persistent_workers=num_workers > 0,
-        drop_last=False,
     )
-
-
-@torch.no_grad()
-def cache_vae_outputs(dataset: TextualInversionDataset, vae, device, dtype, progress=None) -> None:
-    """Encode every image once; store the latent distribution (mean and log-variance) so each
-    step still samples fresh latents, exactly as without the cache."""
-    params, crops = [], []
-    indices = range(len(dataset))
-    for index in progress(indices) if progress else indices:
-        pixels, crop = dataset.image_tensor(index)  # deterministic: caching needs center crops and no flips
-        dist = vae.encode(pixels.unsqueeze(0).to(device, dtype)).latent_dist
-        params.append(dist.parameters[0].to("cpu", torch.float32))
-        crops.append(crop)
-    dataset.latent_params, dataset.latent_crops = params, crops

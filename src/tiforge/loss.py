@@ -71,6 +71,11 @@ def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, pred
     return capped / (s + 1.0) if prediction_type == "v_prediction" else capped / s.clamp(min=1e-8)
 
 
+def latent_mask(mask: torch.Tensor, size) -> torch.Tensor:
+    """A pixel mask at latent resolution: the share of each latent cell's pixels that train."""
+    return F.interpolate(mask.float(), size=tuple(size), mode="area")
+
+
 def denoising_loss(
     unet,
     noise_scheduler,
@@ -82,7 +87,11 @@ def denoising_loss(
     noise: torch.Tensor | None = None,
     timesteps: torch.Tensor | None = None,
     unet_kwargs: dict | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """Mean denoising error per sample (Min-SNR weighted), averaged over the batch. With `mask`
+    ([batch, 1, H, W] in pixel space, 1 = train), each sample's error is averaged over its masked
+    area only, so what lies outside the mask sends no gradient at all."""
     batch = latents.shape[0]
     if noise is None:
         noise = torch.randn_like(latents)
@@ -91,7 +100,12 @@ def denoising_loss(
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     pred = unet(noisy, timesteps, encoder_hidden_states, return_dict=False, **(unet_kwargs or {}))[0]
     target = training_target(noise_scheduler, latents, noise, timesteps, prediction_type)
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))
+    error = F.mse_loss(pred.float(), target.float(), reduction="none")
+    if mask is None:
+        per_sample = error.mean(dim=list(range(1, pred.ndim)))
+    else:
+        weights = latent_mask(mask, pred.shape[-2:]).to(error.device)
+        per_sample = (error * weights).sum(dim=(1, 2, 3)) / (weights.sum(dim=(1, 2, 3)) * error.shape[1]).clamp(min=1e-6)
     if min_snr_gamma is not None:
         per_sample = per_sample * min_snr_weights(noise_scheduler, timesteps, min_snr_gamma, prediction_type)
     return per_sample.mean()

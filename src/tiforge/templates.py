@@ -53,3 +53,25 @@ STYLE_TEMPLATES = [
 ]
 
 PRESETS = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
+
+
+def read_a1111_templates(path: str) -> list[str]:
+    """An A1111 template file: one caption per line, `[name]` the embedding, `[filewords]` the
+    picture's own words; blank lines are skipped."""
+    from pathlib import Path
+
+    from .data_sources import DatasetError
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DatasetError(f"data_loader.caption_templates_file {file}: no such file")
+    lines = [ln.strip() for ln in file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not lines:
+        raise DatasetError(f"data_loader.caption_templates_file {file}: the file has no templates")
+    no_name = [ln for ln in lines if "[name]" not in ln]
+    if len(no_name) == len(lines):
+        raise DatasetError(
+            f"data_loader.caption_templates_file {file}: no line holds [name], so no caption would contain the "
+            "placeholder; A1111's templates put [name] where the embedding goes (e.g. 'a photo of [name], [filewords]')"
+        )
+    return lines

@@ -28,9 +28,10 @@ def tokenize(tokenizers: list[Any], texts: list[str]) -> torch.Tensor:
     return torch.stack(per_encoder, dim=1)
 
 
-def sdxl_time_ids(original_size: torch.Tensor, crop_top_left: torch.Tensor, target_size: tuple[int, int]) -> torch.Tensor:
-    """[batch, 6]: (original h, w, crop top, left, target h, w) per item, as SDXL was trained."""
-    target = torch.tensor(target_size, dtype=original_size.dtype).expand(original_size.shape[0], 2)
+def sdxl_time_ids(original_size: torch.Tensor, crop_top_left: torch.Tensor, target_size) -> torch.Tensor:
+    """[batch, 6]: (original h, w, crop top, left, target h, w) per item, as SDXL was trained.
+    `target_size` is one (h, w) for the batch, or a [batch, 2] tensor (aspect-ratio buckets)."""
+    target = torch.as_tensor(target_size, dtype=original_size.dtype).expand(original_size.shape[0], 2)
     return torch.cat([original_size, crop_top_left, target], dim=1)
 
 
@@ -120,12 +121,12 @@ class PromptEncoder(nn.Module):
         return self(self.tokenize([expand(p) for p in prompts]))
 
 
-def unet_conditioning(
-    prompt_encoder: PromptEncoder, input_ids: torch.Tensor, batch: dict, target_size: tuple[int, int], dtype
-) -> tuple[torch.Tensor, dict]:
-    """Hidden states and the extra UNet keyword arguments for one training batch."""
+def unet_conditioning(prompt_encoder: PromptEncoder, input_ids: torch.Tensor, batch: dict, dtype) -> tuple[torch.Tensor, dict]:
+    """Hidden states and the extra UNet keyword arguments for one training batch (its crop facts and
+    per-item training size, which differ between aspect-ratio buckets)."""
     hidden, pooled = prompt_encoder(input_ids)
     if pooled is None:
         return hidden.to(dtype), {}
-    time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], target_size).to(hidden.device, dtype)
+    time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], batch["target_size"])
+    time_ids = time_ids.to(hidden.device, dtype)
     return hidden.to(dtype), {"added_cond_kwargs": {"text_embeds": pooled.to(dtype), "time_ids": time_ids}}

@@ -32,18 +32,14 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .config import ConfigError, TrainingConfig, dump_config
-from .data import (
-    Captioner,
-    TextualInversionDataset,
-    cache_vae_outputs,
-    check_captions_hold_placeholder,
-    find_records,
-    make_dataloader,
-)
+from .data import Captioner, TextualInversionDataset, check_captions_hold_placeholder, make_dataloader
+from .data_sources import DatasetError, apply_kohya_dataset_settings, find_records
+from .dataset_check import apply_policy, scan_records
 from .embedding_convert import install_for_invokeai
 from .embedding_files import save_embedding
 from .hub import push_embedding
 from .interrupts import StopRequests, TrainingStopped
+from .latent_cache import cache_vae_outputs, default_cache_dir
 from .loss import NoiseSource, denoising_loss, sample_latents
 from .model_loading import load_sd_components
 from .outputs import check_output_space, embedding_file_name, estimate_output_bytes, make_run_dir
@@ -91,7 +87,7 @@ def train(
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
 
-    config = _fit_to_machine(config, torch.cuda.is_available())
+    config = apply_kohya_dataset_settings(_fit_to_machine(config, torch.cuda.is_available()))
     if config.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -124,6 +120,15 @@ def train(
     noise = NoiseSource(seed, accelerator.device, accelerator.num_processes, accelerator.process_index)
     weight_dtype = DTYPES[config.weight_dtype]
     device = accelerator.device
+
+    # --- data, checked before any model loads: bad files are named, then skipped or refused ------
+    dl = config.data_loader
+    scan = scan_records(find_records(dl, config.use_masks), dl.height_width, config.use_masks,
+                        progress=_bar("checking data", main and progress))
+    records = apply_policy(scan, dl.on_bad_image)
+    uses_templates = any(getattr(dl, n) is not None for n in ("caption_preset", "caption_templates", "caption_templates_file"))
+    check_captions_hold_placeholder(records, config.placeholder_token, uses_templates)
+    _check_cacheable(config, records)
 
     # --- frozen model ---------------------------------------------------------------------------
     log.info("loading model %s", config.model)
@@ -175,16 +180,15 @@ def train(
     if config.xformers:
         parts.unet.enable_xformers_memory_efficient_attention()
 
-    # --- data ----------------------------------------------------------------------------------
+    # --- dataset and its latents ------------------------------------------------------------------
     scaling_factor = parts.vae.config.scaling_factor
-    dl = config.data_loader
-    records = find_records(dl)
-    uses_templates = dl.caption_preset is not None or dl.caption_templates is not None
-    check_captions_hold_placeholder(records, placeholder.token, uses_templates)
-    dataset = TextualInversionDataset(records, dl, Captioner(dl, placeholder), prompt_encoder.tokenizers, seed=seed)
+    dataset = TextualInversionDataset(records, dl, Captioner(dl, placeholder), prompt_encoder.tokenizers, seed=seed,
+                                      sizes=scan.sizes, use_masks=config.use_masks)
     if config.cache_vae_outputs:
-        log.info("caching VAE outputs for %d images", len(dataset))
-        cache_vae_outputs(dataset, parts.vae, device, parts.vae.dtype, progress=_bar("caching latents", main and progress))
+        log.info("caching VAE outputs for %d images", len(records))
+        disk = (config.latent_cache_dir or default_cache_dir()) if config.cache_vae_outputs_to_disk else None
+        cache_vae_outputs(dataset, parts.vae, device, parts.vae.dtype, progress=_bar("caching latents", main and progress),
+                          disk_dir=disk)
         # The VAE is only needed again to decode validation images: park it off the accelerator,
         # or drop it when there is nothing to validate.
         if config.validation_prompts:
@@ -192,10 +196,11 @@ def train(
         else:
             parts.vae = None
     dataloader = make_dataloader(dataset, config.train_batch_size, dl.dataloader_num_workers)
-    sampler = dataloader.sampler
+    sampler = dataloader.batch_sampler
 
     # --- optimizer and schedule ----------------------------------------------------------------
-    batches_per_epoch = math.ceil(len(dataset) / (config.train_batch_size * accelerator.num_processes))
+    # accelerate deals the batches out to the processes in turn
+    batches_per_epoch = math.ceil(sampler.batches_per_epoch() / accelerator.num_processes)
     updates_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
     max_steps = config.max_train_steps or config.max_train_epochs * updates_per_epoch
     num_epochs = math.ceil(max_steps / updates_per_epoch)
@@ -319,7 +324,7 @@ def train(
             if global_step >= max_steps:
                 break
             skip = skip_batches if epoch == start_epoch else 0
-            sampler.begin(epoch, skip * config.train_batch_size * accelerator.num_processes)
+            sampler.begin(epoch, skip * accelerator.num_processes)
             accelerator.step = skip  # accelerate's position in the accumulation window
             batches_in_epoch = skip
             text_model.train(config.gradient_checkpointing)
@@ -334,14 +339,13 @@ def train(
                             params = parts.vae.encode(pixels).latent_dist.parameters
                     mean_shape = (params.shape[0], params.shape[1] // 2, *params.shape[2:])
                     latents = sample_latents(params.float(), scaling_factor, noise.randn(mean_shape)).to(weight_dtype)
-                    hidden, unet_kwargs = unet_conditioning(text_model, batch["input_ids"], batch, dl.height_width,
-                                                            weight_dtype)
+                    hidden, unet_kwargs = unet_conditioning(text_model, batch["input_ids"], batch, weight_dtype)
                     loss = denoising_loss(
                         parts.unet, parts.noise_scheduler, latents, hidden,
                         prediction_type=prediction_type, min_snr_gamma=config.min_snr_gamma,
                         noise=noise.randn(latents.shape).to(latents.dtype),
                         timesteps=noise.timesteps(latents.shape[0], parts.noise_scheduler.config.num_train_timesteps),
-                        unet_kwargs=unet_kwargs,
+                        unet_kwargs=unet_kwargs, mask=batch["mask"].to(device) if "mask" in batch else None,
                     )
                     accelerator.backward(loss)
                     window_loss += loss.detach().float()
@@ -423,6 +427,20 @@ def train(
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+def _check_cacheable(config: TrainingConfig, records) -> None:
+    """kohya sets augmentations per subset, so this is only known once the data is read."""
+    if not config.cache_vae_outputs:
+        return
+    random = sorted({str(r.image.parent) for r in records
+                     if r.options.flip or r.options.random_crop or r.options.color_aug and hasattr(r.image, "parent")})
+    if random:
+        raise DatasetError(
+            "cache_vae_outputs: cannot cache VAE outputs of images with a random augmentation (flip_aug, random_crop "
+            f"or color_aug) in {', '.join(random[:5])}; every epoch would need new latents. Turn them off there "
+            "or set cache_vae_outputs: false"
+        )
 
 
 def _vector_norms(prompt_encoder: PromptEncoder) -> dict[str, float]:
