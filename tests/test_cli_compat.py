@@ -22,7 +22,12 @@ INVOKEAI = """--model={model} --resolution=512 --learnable_property=style --init
   --placeholder_token='<psychedelic>' --train_data_dir={data} --output_dir={out} --scale_lr --train_batch_size=8
   --gradient_accumulation_steps=4 --max_train_steps=3000 --learning_rate=0.0005 --resume_from_checkpoint=latest
   --lr_scheduler=constant --mixed_precision=fp16 --only_save_embeds"""
-# Seed 001, kohya-ss, with --train_data_dir in place of the dataset .toml.
+# Seed 001, kohya-ss, exactly as written (DreamBooth method: a dataset .toml).
+KOHYA_SEED = """--dataset_config={toml} --output_dir={out} --output_name=mychar --save_model_as=safetensors
+  --prior_loss_weight=1.0 --max_train_steps=1600 --learning_rate=1e-6 --optimizer_type="AdamW8bit" --xformers
+  --mixed_precision="fp16" --cache_latents --gradient_checkpointing --token_string=mychar4 --init_word=cute
+  --num_vectors_per_token=4 --pretrained_model_name_or_path={model}"""
+# Seed 001 with --train_data_dir in place of the dataset .toml.
 KOHYA = """--train_data_dir={data} --caption_extension=.txt --pretrained_model_name_or_path={model} --output_dir={out}
   --output_name=mychar --save_model_as=safetensors --prior_loss_weight=1.0 --max_train_steps=1600 --learning_rate=1e-6
   --optimizer_type="AdamW8bit" --xformers --mixed_precision="fp16" --cache_latents --gradient_checkpointing
@@ -91,6 +96,38 @@ def test_kohya_command_line(tiny_sd1, tmp_path, capsys):
     assert "AdamW8bit needs bitsandbytes and a CUDA GPU" in log or "bitsandbytes" in log
 
 
+def test_kohya_seed_command_with_a_dataset_toml(tiny_sd1, tmp_path, capsys):
+    # the DreamBooth-method layout: class tokens caption the images; batch size and resolution in the file
+    data = make_images(tmp_path / "train" / "10_mychar4 1girl", n=3)
+    toml = tmp_path / "dataset.toml"
+    toml.write_text(f"""[general]
+enable_bucket = false
+[[datasets]]
+resolution = 32
+batch_size = 1
+  [[datasets.subsets]]
+  image_dir = '{data}'
+  class_tokens = 'mychar4 1girl'
+  num_repeats = 10
+""")
+    line = args(KOHYA_SEED, toml=toml, model=tiny_sd1, out=tmp_path / "out")
+    cfg = resolved(line, capsys)
+    assert cfg["data_loader"]["dataset"] == {"type": "KOHYA_DATASET_CONFIG", "config_path": str(toml)}
+
+    # --debug_dataset shows the ids, the placeholder's from 49408 up, and stops
+    assert main(["train", *line, "--debug_dataset"]) == 0
+    out = capsys.readouterr().out
+    assert "'mychar4 mychar4_1 mychar4_2 mychar4_3 1girl'" in out
+    assert "[49408] [49409] [49410] [49411]" in out and "30 items per epoch" in out
+    assert "x10" in out and "30 batches, 30 optimizer steps per epoch" in out
+
+    assert main(["train", *line, "--max_train_steps=2", "--report_to=none", "-q"]) == 0
+    run = next((tmp_path / "out").iterdir())
+    assert load_file(run / "mychar.safetensors")["mychar4"].shape == (4, 32)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train_batch_size"] == 1 and saved["data_loader"]["resolution"] == 32
+
+
 def test_kohya_weights_continue_an_embedding(tiny_sd1, image_dir, tmp_path, capsys):
     from tiforge.embedding_files import save_embedding
     import torch
@@ -103,7 +140,7 @@ def test_kohya_weights_continue_an_embedding(tiny_sd1, image_dir, tmp_path, caps
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--dataset_config=x.toml", "--dataset_config: not supported: kohya dataset .toml files are not supported yet"),
+    ("--reg_data_dir=reg", "--reg_data_dir: not supported: regularization images have no use in textual inversion"),
     ("--logging_dir=logs", "--logging_dir: not supported: logs always go to <run folder>/logs"),
     ("--gui", "--gui: not supported: the console front end is `tiforge ui`"),
     ("--max_train_step=3", "--max_train_step: unknown flag (did you mean --max_train_steps?)"),

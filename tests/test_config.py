@@ -104,7 +104,11 @@ def test_all_problems_reported_at_once_with_field_paths():
         ({"data_loader__keep_original_captions": True}, "keep_original_captions: only applies"),
         ({"placeholder_token": "two words"}, "contains whitespace"),
         ({"data_loader__caption_preset": None, "data_loader__caption_templates": ["no slot"]}, "exactly one '{}' slot"),
-        ({"use_masks": True}, "use_masks"),
+        ({"cache_vae_outputs_to_disk": True}, "cache_vae_outputs_to_disk: needs cache_vae_outputs: true"),
+        ({"cache_vae_outputs": True, "data_loader__color_aug": True}, "data_loader.color_aug: true"),
+        ({"data_loader__aspect_ratio_buckets": {"target_resolution": 512, "start_dim": 768, "end_dim": 256}},
+         "start_dim 768 is larger than end_dim 256"),
+        ({"data_loader__caption_templates_file": "t.txt"}, "caption_preset / data_loader.caption_templates_file"),
     ],
 )
 def test_cross_field_rules(tmp_path, overrides, expected):

@@ -293,13 +293,29 @@ class TextualInversionDataset(Dataset):
             item["latent_params"], crop = self.latent_params[r], self.latent_crops[r]
             mask = self.latent_masks[r] if self.use_masks else None
         else:
-            item["pixel_values"], crop, mask = self.image_tensors(r, rng)
+            r, (item["pixel_values"], crop, mask) = self._readable(r, rng)
         if self.use_masks:
             item["mask"] = mask if mask is not None else torch.ones(1, *self.targets[r])
         item["crop_top_left"] = torch.tensor([crop.top, crop.left])
         item["original_size"] = torch.tensor(crop.original_size)
         item["target_size"] = torch.tensor(self.targets[r])
         return item
+
+
+    def _readable(self, r: int, rng):
+        """A file that breaks after the start-up check (deleted, rewritten) must not end the run:
+        say so and train this slot on the next record of the same size instead."""
+        for step in range(len(self.records)):
+            candidate = (r + step) % len(self.records)
+            if self.targets[candidate] != self.targets[r]:
+                continue
+            try:
+                return candidate, self.image_tensors(candidate, rng)
+            except (OSError, ValueError) as err:
+                log.warning("%s: unreadable during training (%s); using another picture in its place",
+                            self.records[candidate].name, err)
+        raise DatasetError(f"no readable picture of size {self.targets[r]} is left; the training data changed "
+                           "during the run")
 
 
 class EpochSampler(Sampler):
