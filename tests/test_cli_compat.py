@@ -180,8 +180,26 @@ def test_json_lines_progress(tiny_sd1, image_dir, tmp_path, capsys):
 
     assert main(["train", "--pretrained_model_name_or_path", str(tiny_sd1), "--train_data_dir", str(image_dir),
                  "--learnable_property", "object", "--placeholder_token", "<j>", "--initializer_token", "toy",
-                 "--output_dir", str(tmp_path), "--max_train_steps", "3", "--resolution", "32", "--json"]) == 0
-    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+                 "--output_dir", str(tmp_path), "--max_train_steps", "3", "--resolution", "32", "--json",
+                 "--save_every_n_steps", "2", "--validation_prompt", "a <j>", "--num_validation_images", "1",
+                 "--num_validation_inference_steps", "1"]) == 0
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines()]
     assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3]
     assert events[-1]["event"] == "done" and events[-1]["steps"] == 3
-    assert all({"loss", "lr", "seconds", "max_steps"} <= set(e) for e in events[:-1])
+    assert all({"loss", "lr", "seconds", "max_steps"} <= set(e) for e in events if e["event"] == "step")
+    files = [(e["event"], e["path"].rsplit("/", 1)[-1]) for e in events if "path" in e]
+    assert files == [("checkpoint", "checkpoint-step_00000002"), ("embedding", "j.safetensors"), ("validation", "final")]
+    assert "loading model" not in captured.err and "%|" not in captured.err  # no bars in JSON mode
+
+
+def test_progress_bars_for_loading_caching_training_validation(tiny_sd1, image_dir, tmp_path, capsys):
+    assert main(["train", "--pretrained_model_name_or_path", str(tiny_sd1), "--train_data_dir", str(image_dir),
+                 "--learnable_property", "object", "--placeholder_token", "<j>", "--initializer_token", "toy",
+                 "--output_dir", str(tmp_path), "--max_train_steps", "2", "--resolution", "32", "--cache_latents",
+                 "--validation_prompt", "a <j>", "--num_validation_images", "1", "--num_validation_inference_steps", "1",
+                 "--save_every_n_steps", "1"]) == 0
+    err = capsys.readouterr().err
+    for bar in ("checking data", "loading model", "caching latents", "training", "validation (final)",
+                "saving checkpoint step 1"):
+        assert bar in err, bar

@@ -53,7 +53,8 @@ def _cmd_train(args) -> int:
         def emit(info) -> None:
             print(json.dumps({"event": "step", **dataclasses.asdict(info)}), flush=True)
 
-        result = train(config, progress=False, on_step=emit)
+        result = train(config, progress=False, on_step=emit,
+                       on_event=lambda event: print(json.dumps(event), flush=True))
         print(json.dumps({"event": "done", "embedding": str(result.embedding_path), "run_dir": str(result.run_dir),
                           "steps": result.global_step, "loss": result.final_loss}), flush=True)
         return 0

@@ -113,23 +113,27 @@ def _single_file_class(path: Path) -> str | None:
     return None
 
 
-def _load_from_pretrained(name: str, variant: str | None, local_only: bool, sdxl: bool) -> SdComponents:
+def _load_from_pretrained(name: str, variant: str | None, local_only: bool, sdxl: bool, bar=None) -> SdComponents:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     kw = {"local_files_only": local_only}
-    tokenizer = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer", **kw)
-    noise_scheduler = DDPMScheduler.from_pretrained(name, subfolder="scheduler", **kw)
-    text_encoder = CLIPTextModel.from_pretrained(name, subfolder="text_encoder", variant=variant, **kw)
-    vae = AutoencoderKL.from_pretrained(name, subfolder="vae", variant=variant, **kw)
-    unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet", variant=variant, **kw)
-    parts = SdComponents(tokenizer, text_encoder, vae, unet, noise_scheduler, source=name)
+    weights = {**kw, "variant": variant}
+    steps = [
+        ("tokenizer", CLIPTokenizer, kw), ("scheduler", DDPMScheduler, kw), ("text_encoder", CLIPTextModel, weights),
+        ("vae", AutoencoderKL, weights), ("unet", UNet2DConditionModel, weights),
+    ]
     if sdxl:
-        parts.tokenizer_2 = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer_2", **kw)
-        parts.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
-            name, subfolder="text_encoder_2", variant=variant, **kw
-        )
-    return parts
+        steps += [("tokenizer_2", CLIPTokenizer, kw), ("text_encoder_2", CLIPTextModelWithProjection, weights)]
+    loaded = {}
+    for subfolder, cls, options in steps:
+        if bar is not None:
+            bar.set_postfix_str(subfolder)
+        loaded[subfolder] = cls.from_pretrained(name, subfolder=subfolder, **options)
+        if bar is not None:
+            bar.update(1)
+    return SdComponents(loaded["tokenizer"], loaded["text_encoder"], loaded["vae"], loaded["unet"], loaded["scheduler"],
+                        source=name, tokenizer_2=loaded.get("tokenizer_2"), text_encoder_2=loaded.get("text_encoder_2"))
 
 
 def _load_single_file(path: Path, config_dir: str | None, sdxl: bool) -> SdComponents:
@@ -162,16 +166,23 @@ def _load_single_file(path: Path, config_dir: str | None, sdxl: bool) -> SdCompo
 
 def load_sd_components(model: str, hf_variant: str | None = None, single_file_config: str | None = None,
                        dtype=None, *, sdxl: bool = False, vae_model: str | None = None,
-                       vae_dtype=None) -> SdComponents:
+                       vae_dtype=None, progress: bool = False) -> SdComponents:
     """Tokenizer(s), text encoder(s), VAE, UNet and a DDPM scheduler, with weights in `dtype` (default
     float32; the VAE in `vae_dtype` where given): libraries disagree on whether stored fp16 weights
     load as fp16, so tiforge decides. `sdxl` says which family the caller trains; a model of the
     other family is refused. `vae_model` replaces the bundled VAE (e.g. an fp16-safe SDXL VAE)."""
     import torch
+    from tqdm.auto import tqdm
 
-    parts = _load(model, hf_variant, single_file_config, sdxl)
-    if vae_model is not None:
-        parts.vae = load_vae(vae_model, hf_variant)
+    total = (7 if sdxl else 5) + (vae_model is not None)
+    with tqdm(total=total, desc="loading model", disable=not progress, dynamic_ncols=True) as bar:
+        parts = _load(model, hf_variant, single_file_config, sdxl, bar)
+        if vae_model is not None:
+            bar.set_postfix_str("vae_model")
+            parts.vae = load_vae(vae_model, hf_variant)
+        bar.n = total
+        bar.set_postfix_str("")
+        bar.refresh()
     dtype = dtype or torch.float32
     for module in parts.frozen_modules:
         wanted = vae_dtype if module is parts.vae and vae_dtype is not None else dtype
@@ -226,11 +237,13 @@ def is_sdxl_model(model: str, single_file_config: str | None = None, online: boo
     return bool(cls and "XL" in cls)
 
 
-def _load(model: str, hf_variant: str | None, single_file_config: str | None, sdxl: bool) -> SdComponents:
+def _load(model: str, hf_variant: str | None, single_file_config: str | None, sdxl: bool, bar=None) -> SdComponents:
     path = Path(model).expanduser()
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
             raise ModelLoadError(f"model {path}: expected a {'/'.join(SINGLE_FILE_SUFFIXES)} checkpoint file")
+        if bar is not None:
+            bar.set_postfix_str(path.name)  # one file: converted in one go
         return _load_single_file(path, single_file_config, sdxl)
     if path.is_dir():
         cls = _pipeline_class_of_folder(path)
@@ -241,13 +254,13 @@ def _load(model: str, hf_variant: str | None, single_file_config: str | None, sd
             )
         _check_family(str(path), cls, sdxl)
         # A variant names hub files (e.g. *.fp16.safetensors); local folders are loaded as they are.
-        return _load_from_pretrained(str(path), None, local_only=True, sdxl=sdxl)
+        return _load_from_pretrained(str(path), None, local_only=True, sdxl=sdxl, bar=bar)
     if model.count("/") != 1 or model.startswith(("/", ".", "~")):
         raise ModelLoadError(f"model {model}: no such file or folder, and not a hub id of the form 'owner/name'")
-    return _load_from_hub(model, hf_variant, sdxl)
+    return _load_from_hub(model, hf_variant, sdxl, bar)
 
 
-def _load_from_hub(repo_id: str, variant: str | None, sdxl: bool) -> SdComponents:
+def _load_from_hub(repo_id: str, variant: str | None, sdxl: bool, bar=None) -> SdComponents:
     try:
         from huggingface_hub import hf_hub_download
 
@@ -261,9 +274,11 @@ def _load_from_hub(repo_id: str, variant: str | None, sdxl: bool) -> SdComponent
             "Offline, download the model elsewhere and point model at the local folder or .safetensors file."
         ) from err
     try:
-        return _load_from_pretrained(repo_id, variant, local_only=False, sdxl=sdxl)
+        return _load_from_pretrained(repo_id, variant, local_only=False, sdxl=sdxl, bar=bar)
     except (OSError, ValueError) as err:
         if variant is None or variant not in str(err):
             raise ModelLoadError(f"model {repo_id}: {err}") from err
         log.warning("model %s has no %r variant; loading its default weights", repo_id, variant)
-        return _load_from_pretrained(repo_id, None, local_only=False, sdxl=sdxl)
+        if bar is not None:
+            bar.reset()
+        return _load_from_pretrained(repo_id, None, local_only=False, sdxl=sdxl, bar=bar)

@@ -80,9 +80,15 @@ def train(
     progress: bool = True,
     on_step: Callable[[StepInfo], None] | None = None,
     stop_event: threading.Event | None = None,
+    on_event: Callable[[dict], None] | None = None,
 ) -> TrainResult:
-    """Train one embedding. `on_step` hears about every optimizer step; setting `stop_event` stops
-    after the current step as Ctrl-C does (checkpoint, embedding, TrainingStopped)."""
+    """Train one embedding. `on_step` hears about every optimizer step, `on_event` about every file
+    written ({"event": "checkpoint" | "validation" | "embedding", "path": ...}); setting `stop_event`
+    stops after the current step as Ctrl-C does (checkpoint, embedding, TrainingStopped)."""
+    def tell(event: str, path: Path) -> None:
+        if on_event is not None:
+            on_event({"event": event, "path": str(path)})
+
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
@@ -135,7 +141,8 @@ def train(
     vae_model = getattr(config, "vae_model", None)
     vae_dtype = DTYPES[config.vae_dtype] if getattr(config, "vae_dtype", None) else None
     parts = load_sd_components(config.model, config.hf_variant, config.single_file_config, weight_dtype,
-                               sdxl=config.is_sdxl, vae_model=vae_model, vae_dtype=vae_dtype)
+                               sdxl=config.is_sdxl, vae_model=vae_model, vae_dtype=vae_dtype,
+                               progress=main and progress)
     prediction_type = config.prediction_type or parts.noise_scheduler.config.prediction_type
     if config.prediction_type is not None:
         parts.noise_scheduler.register_to_config(prediction_type=config.prediction_type)
@@ -263,6 +270,7 @@ def train(
             save_embedding(result.embedding_path, placeholder.token, current_vectors(), metadata, step=step,
                            **save_options)
             log.info("embedding saved: %s", result.embedding_path)
+            tell("embedding", result.embedding_path)
         accelerator.wait_for_everyone()
 
     def checkpoint(kind: str, index: int, epoch: int, batches_in_epoch: int) -> Path:
@@ -275,11 +283,16 @@ def train(
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 "noise": noise.state_dict().cpu(), "rng": capture_rng(), "config": resolved.model_dump(mode="json"),
             }
-            path = save_checkpoint(run_dir, kind, index, placeholder.token, current_vectors(), metadata,
-                                   config.max_checkpoints, state=training_state, config_yaml=resolved_yaml,
-                                   step=global_step, extension=config.save_model_as, file_name=file_name,
-                                   **save_options)
+            with tqdm(total=1, desc=f"saving checkpoint {kind} {index}", disable=not progress, leave=False,
+                      dynamic_ncols=True) as saving:
+                path = save_checkpoint(run_dir, kind, index, placeholder.token, current_vectors(), metadata,
+                                       config.max_checkpoints, state=training_state, config_yaml=resolved_yaml,
+                                       step=global_step, extension=config.save_model_as, file_name=file_name,
+                                       **save_options)
+                saving.update(1)
             result.checkpoint_dirs.append(path)
+            log.info("checkpoint saved: %s", path)
+            tell("checkpoint", path)
         accelerator.wait_for_everyone()
         return path
 
@@ -300,10 +313,12 @@ def train(
                 out_dir=out_dir,
                 cpu_offload=config.enable_cpu_offload_during_validation,
                 autocast=accelerator.autocast,
+                progress=progress,
             )
             log_validation_images(accelerator.trackers, images, config.validation_prompts, step)
             result.validation_dirs.append(out_dir)
             log.info("validation images: %s", out_dir)
+            tell("validation", out_dir)
         accelerator.wait_for_everyone()
 
     def stop(message: str, exit_code: int, epoch: int, batches_in_epoch: int) -> None:

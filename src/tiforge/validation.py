@@ -89,7 +89,10 @@ def generate_validation_images(
     out_dir: Path,
     cpu_offload: bool = False,
     autocast=contextlib.nullcontext,
+    progress: bool = False,
 ) -> list[list[Image.Image]]:
+    from tqdm.auto import tqdm
+
     vae_device = next(components.vae.parameters()).device
     components.vae.to(device)  # it may have been parked on the CPU after latent caching
     pipe = make_pipeline(components, prompt_encoder)
@@ -98,6 +101,8 @@ def generate_validation_images(
     all_images: list[list[Image.Image]] = []
     was_training = prompt_encoder.training
     prompt_encoder.eval()
+    bar = tqdm(total=len(prompts), desc=f"validation ({out_dir.name})", unit="prompt", disable=not progress,
+               dynamic_ncols=True, leave=False)
     try:
         with _cpu_offload(pipe, device, cpu_offload), autocast():
             for i, prompt in enumerate(prompts):
@@ -115,7 +120,9 @@ def generate_validation_images(
                 for j, image in enumerate(images):
                     image.save(out_dir / f"prompt{i:02d}_image{j:02d}.png")
                 all_images.append(images)
+                bar.update(1)
     finally:
+        bar.close()
         prompt_encoder.train(was_training)
         components.vae.to(vae_device)
     flat = [im for row in all_images for im in row]
