@@ -150,6 +150,11 @@ class TextualInversionSDDataLoaderConfig(_Strict):
         return res
 
     @property
+    def uses_templates(self) -> bool:
+        """Captions come from templates (a preset, a list, or an A1111 file), not only from the data."""
+        return any(v is not None for v in (self.caption_preset, self.caption_templates, self.caption_templates_file))
+
+    @property
     def height_width(self) -> tuple[int, int]:
         return (self.resolution, self.resolution) if isinstance(self.resolution, int) else tuple(self.resolution)
 
@@ -322,7 +327,7 @@ class SdTextualInversionConfig(_Strict):
                             if getattr(dl, n) is not None]
         if len(chosen_templates) > 1:
             problems.append(f"data_loader.{' / data_loader.'.join(chosen_templates)}: set only one")
-        has_templates = bool(chosen_templates)
+        has_templates = dl.uses_templates
         if dl.dataset.type == "IMAGE_DIR_DATASET" and not has_templates:
             problems.append(
                 "data_loader.caption_preset: an IMAGE_DIR_DATASET has no captions, so set caption_preset "

@@ -132,10 +132,8 @@ def report(config, verbose_items: int | None = None) -> str:
     placeholder = add_placeholder(tokenizer, config.placeholder_token, max(config.num_vectors, _phrase_len(config)))
     lines = []
     if scan.records:
-        uses_templates = any(getattr(dl, n) is not None for n in ("caption_preset", "caption_templates",
-                                                                   "caption_templates_file"))
         try:
-            check_captions_hold_placeholder(scan.records, placeholder.token, uses_templates)
+            check_captions_hold_placeholder(scan.records, placeholder.token, dl.uses_templates)
         except DatasetError as err:
             lines.append(f"ERROR: {err}")
         dataset = TextualInversionDataset(scan.records, dl, Captioner(dl, placeholder), [tokenizer],

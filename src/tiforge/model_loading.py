@@ -29,6 +29,8 @@ class SdComponents:
     source: str
     tokenizer_2: Any = None  # SDXL's second (OpenCLIP bigG) text encoder
     text_encoder_2: Any = None
+    # SDXL pipelines condition "no negative prompt" on zeros unless the model says otherwise
+    force_zeros_for_empty_prompt: bool = True
 
     @property
     def is_sdxl(self) -> bool:
@@ -254,7 +256,10 @@ def _load(model: str, hf_variant: str | None, single_file_config: str | None, sd
             )
         _check_family(str(path), cls, sdxl)
         # A variant names hub files (e.g. *.fp16.safetensors); local folders are loaded as they are.
-        return _load_from_pretrained(str(path), None, local_only=True, sdxl=sdxl, bar=bar)
+        parts = _load_from_pretrained(str(path), None, local_only=True, sdxl=sdxl, bar=bar)
+        index = json.loads((path / "model_index.json").read_text())
+        parts.force_zeros_for_empty_prompt = bool(index.get("force_zeros_for_empty_prompt", True))
+        return parts
     if model.count("/") != 1 or model.startswith(("/", ".", "~")):
         raise ModelLoadError(f"model {model}: no such file or folder, and not a hub id of the form 'owner/name'")
     return _load_from_hub(model, hf_variant, sdxl, bar)

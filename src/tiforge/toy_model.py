@@ -95,9 +95,10 @@ def _pipeline(vae, unet, text_encoder, tokenizer, scheduler, text_encoder_2=None
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     if text_encoder_2 is not None:
+        # The twin learned its unconditional prediction from empty captions, not from zeros.
         return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                          tokenizer=tokenizer, tokenizer_2=load_clip_tokenizer(pad_token="!"), unet=unet,
-                                         scheduler=scheduler)
+                                         scheduler=scheduler, force_zeros_for_empty_prompt=False)
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)

@@ -85,13 +85,13 @@ def train(
     """Train one embedding. `on_step` hears about every optimizer step, `on_event` about every file
     written ({"event": "checkpoint" | "validation" | "embedding", "path": ...}); setting `stop_event`
     stops after the current step as Ctrl-C does (checkpoint, embedding, TrainingStopped)."""
-    def tell(event: str, path: Path) -> None:
-        if on_event is not None:
-            on_event({"event": event, "path": str(path)})
-
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
+
+    def tell(event: str, path: Path) -> None:
+        if on_event is not None:
+            on_event({"event": event, "path": str(path)})
 
     config = apply_kohya_dataset_settings(_fit_to_machine(config, torch.cuda.is_available()))
     if config.allow_tf32 and torch.cuda.is_available():
@@ -132,8 +132,7 @@ def train(
     scan = scan_records(find_records(dl, config.use_masks), dl.height_width, config.use_masks,
                         progress=_bar("checking data", main and progress))
     records = apply_policy(scan, dl.on_bad_image)
-    uses_templates = any(getattr(dl, n) is not None for n in ("caption_preset", "caption_templates", "caption_templates_file"))
-    check_captions_hold_placeholder(records, config.placeholder_token, uses_templates)
+    check_captions_hold_placeholder(records, config.placeholder_token, dl.uses_templates)
     _check_cacheable(config, records)
 
     # --- frozen model ---------------------------------------------------------------------------
@@ -448,8 +447,8 @@ def _check_cacheable(config: TrainingConfig, records) -> None:
     """kohya sets augmentations per subset, so this is only known once the data is read."""
     if not config.cache_vae_outputs:
         return
-    random = sorted({str(r.image.parent) for r in records
-                     if r.options.flip or r.options.random_crop or r.options.color_aug and hasattr(r.image, "parent")})
+    random = sorted({str(getattr(r.image, "parent", r.name)) for r in records
+                     if r.options.flip or r.options.random_crop or r.options.color_aug})
     if random:
         raise DatasetError(
             "cache_vae_outputs: cannot cache VAE outputs of images with a random augmentation (flip_aug, random_crop "

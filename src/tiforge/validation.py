@@ -54,6 +54,7 @@ def make_pipeline(components, prompt_encoder: PromptEncoder):
         return StableDiffusionXLPipeline(
             vae=components.vae, text_encoder=encoders[0], text_encoder_2=encoders[1], tokenizer=tokenizers[0],
             tokenizer_2=tokenizers[1], unet=components.unet, scheduler=scheduler,
+            force_zeros_for_empty_prompt=components.force_zeros_for_empty_prompt,
         )
     return StableDiffusionPipeline(
         vae=components.vae, text_encoder=encoders[0], tokenizer=tokenizers[0], unet=components.unet,
@@ -61,12 +62,12 @@ def make_pipeline(components, prompt_encoder: PromptEncoder):
     )
 
 
-def prompt_kwargs(prompt_encoder: PromptEncoder, prompt: str, negative: str) -> dict:
+def prompt_kwargs(prompt_encoder: PromptEncoder, prompt: str, negative: str, zeros_for_empty: bool = True) -> dict:
     """Our own encoding of the prompts, so the images show exactly the vectors being trained."""
     embeds, pooled = prompt_encoder.encode([prompt])
     negative_embeds, negative_pooled = prompt_encoder.encode([negative])
-    if prompt_encoder.sdxl and not negative:
-        # SDXL's pipeline conditions "no negative prompt" on zeros (force_zeros_for_empty_prompt).
+    if prompt_encoder.sdxl and not negative and zeros_for_empty:
+        # As SDXL's pipeline does: "no negative prompt" is zeros (force_zeros_for_empty_prompt).
         negative_embeds, negative_pooled = torch.zeros_like(negative_embeds), torch.zeros_like(negative_pooled)
     kwargs = {"prompt_embeds": embeds, "negative_prompt_embeds": negative_embeds}
     if prompt_encoder.sdxl:
@@ -109,7 +110,8 @@ def generate_validation_images(
                 negative = negative_prompts[i] if negative_prompts else ""
                 generator = torch.Generator(device="cpu").manual_seed((seed or 0) + i)
                 images = pipe(
-                    **prompt_kwargs(prompt_encoder, prompt, negative),
+                    **prompt_kwargs(prompt_encoder, prompt, negative,
+                                    getattr(pipe.config, "force_zeros_for_empty_prompt", True)),
                     num_images_per_prompt=images_per_prompt,
                     num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale,
