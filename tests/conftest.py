@@ -73,6 +73,7 @@ def base_config(model: Path, data: Path, out: Path, **overrides) -> dict:
             "dataset": {"type": "IMAGE_DIR_DATASET", "dataset_dir": str(data)},
             "caption_preset": "object",
             "resolution": 32,
+            "dataloader_num_workers": 0,  # the automatic choice starts worker processes: slow for tiny runs
         },
     }
     for key, value in overrides.items():

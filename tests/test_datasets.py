@@ -347,3 +347,17 @@ def test_collate_stacks_masks_and_sizes(tmp_path):
     batch = collate([ds[(1, 0)], ds[(1, 1)]])
     assert batch["mask"].shape == (2, 1, 32, 32) and torch.all(batch["mask"] == 1)  # no mask: all of it trains
     assert batch["target_size"].tolist() == [[32, 32], [32, 32]]
+
+
+def test_bucket_sizes_and_no_upscale():
+    from tiforge.buckets import bucket_sizes, choose_bucket
+    from tiforge.config import AspectRatioBucketConfig
+
+    cfg = AspectRatioBucketConfig(target_resolution=512, start_dim=256, end_dim=1024, divisible_by=64)
+    sizes = bucket_sizes(cfg)
+    assert (512, 512) in sizes and all(h % 64 == 0 and w % 64 == 0 and h * w <= 512 * 512 for h, w in sizes)
+    assert choose_bucket((600, 1200), sizes, cfg) == (320, 704)  # 2:1 landscape -> the bucket nearest 2:1 (2.2)
+    assert choose_bucket((300, 200), sizes, cfg)[0] > choose_bucket((300, 200), sizes, cfg)[1]
+    small = cfg.model_copy(update={"no_upscale": True})
+    assert choose_bucket((300, 200), sizes, small) == (256, 192)  # its own size, rounded down; not enlarged
+    assert choose_bucket((900, 900), sizes, small) == (512, 512)

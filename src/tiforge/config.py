@@ -117,7 +117,9 @@ class TextualInversionSDDataLoaderConfig(_Strict):
     center_crop: bool = True
     random_flip: bool = False
     shuffle_caption_delimiter: str | None = None
-    dataloader_num_workers: int = Field(0, ge=0)
+    dataloader_num_workers: int | None = Field(None, ge=0)
+    """Worker processes that decode pictures beside training; null = automatic: none when latents
+    are cached (nothing to decode), else up to 4, leaving a core for the training loop."""
     caption_templates_file: str | None = None
     """An A1111 template file: one template per line, `[name]` for the placeholder and `[filewords]`
     for the image's own caption (or its file name's words)."""

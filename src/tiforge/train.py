@@ -201,7 +201,7 @@ def train(
             parts.vae.to("cpu")
         else:
             parts.vae = None
-    dataloader = make_dataloader(dataset, config.train_batch_size, dl.dataloader_num_workers)
+    dataloader = make_dataloader(dataset, config.train_batch_size, _num_workers(config))
     sampler = dataloader.batch_sampler
 
     # --- optimizer and schedule ----------------------------------------------------------------
@@ -441,6 +441,16 @@ def train(
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+def _num_workers(config: TrainingConfig) -> int:
+    if config.data_loader.dataloader_num_workers is not None:
+        return config.data_loader.dataloader_num_workers
+    if config.cache_vae_outputs:
+        return 0  # cached latents: an item is a tensor lookup and a tokenizer call
+    import os
+
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 def _check_cacheable(config: TrainingConfig, records) -> None:
