@@ -157,6 +157,8 @@ def report(config, verbose_items: int | None = None) -> str:
                 lines.append(f"    caption: {caption!r}")
                 lines.append(f"    tokens:  {count}/{MAX_TOKENS}{'  TRUNCATED' if count > MAX_TOKENS else ''}: {shown_ids}")
             shown += 1
+        if verbose_items is not None and shown > verbose_items:
+            lines.append(f"  ... {shown - verbose_items} more (--items to show more)")
         per_epoch = len(dataset)
         batches = -(-per_epoch // config.train_batch_size)
         if dl.aspect_ratio_buckets is not None:
