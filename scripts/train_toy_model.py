@@ -195,7 +195,8 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     save_toy_model(tmp, vae, unet, text_encoder, scheduler, text_encoder_2)
     report = {
-        "family": args.family, "seed": args.seed, "images": args.images, "vae_steps": args.vae_steps, "steps": args.steps,
+        "family": args.family, "seed": args.seed, "images": args.images,
+        "vae_steps": args.vae_steps if args.family == "sd" else "none: the SD twin's trained VAE", "steps": args.steps,
         "batch": args.batch, "lr": args.lr, "train_minutes": round(minutes, 1),
         "evaluation": evaluate_prompts(tmp),
     }

@@ -12,7 +12,7 @@ from tiforge.train import train
 
 # (family, concept) -> (prompt, caption config, vectors). Measured with seed 0 on the shipped toy
 # models (16 pictures each): SD purple star 0.00 -> 0.88; SD checkered style 0.00 -> 1.00 (of which
-# light: 1 in 16, see toy_model.is_hit); SDXL twin purple star: see TWIN_FIGURES in the README.
+# light: 1 in 16, see toy_model.is_hit); SDXL twin purple star 0.00 -> 0.94.
 CASES = {
     ("sd", "purple-star"): ("a <c>", {"caption_templates": ["a {}"]}, 2),
     ("sd", "light-checkered"): ("a painting in the style of <c>", {"caption_preset": "style"}, 2),
