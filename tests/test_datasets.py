@@ -361,3 +361,20 @@ def test_bucket_sizes_and_no_upscale():
     small = cfg.model_copy(update={"no_upscale": True})
     assert choose_bucket((300, 200), sizes, small) == (256, 192)  # its own size, rounded down; not enlarged
     assert choose_bucket((900, 900), sizes, small) == (512, 512)
+
+
+def test_alpha_channel_is_the_mask_when_there_is_no_mask_file(tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    rgba = Image.new("RGBA", (32, 32), (200, 0, 0, 0))
+    rgba.paste((200, 0, 0, 255), (0, 0, 16, 32))  # the left half is opaque
+    rgba.save(folder / "a.png")
+    d = dl(dataset={"type": "IMAGE_DIR_DATASET", "dataset_dir": str(folder)}, caption_preset="object", resolution=32)
+    records = find_records(d, use_masks=True)
+    assert records[0].mask is None
+    scan = scan_records(records, (32, 32), use_masks=True)
+    assert ("a.png", "no mask file: its alpha channel is the mask") in scan.notes
+    ds = TextualInversionDataset(records, d, Captioner(d, PH), [], use_masks=True)
+    pixels, _, weights = ds.image_tensors(0)
+    assert torch.equal(weights[0, :, :16], torch.ones(32, 16)) and torch.equal(weights[0, :, 16:], torch.zeros(32, 16))
+    assert torch.allclose(pixels[:, :, 16:], torch.ones(3, 32, 16))  # transparent parts train as white

@@ -122,12 +122,6 @@ def _shuffle_caption(value: Any, out: Overrides) -> None:
         out["data_loader.shuffle_caption_delimiter"] = ","
 
 
-def _alpha_mask(value: Any, out: Overrides) -> None:
-    if value:
-        raise ConfigError("--alpha_mask: set alpha_mask = true on the subsets of a --dataset_config .toml, or give "
-                          "masks as masks/<name>.png beside the images with --use_masks")
-
-
 def _sdxl(value: Any, out: Overrides) -> None:
     if value:
         out["type"] = "SDXL_TEXTUAL_INVERSION"
@@ -197,7 +191,7 @@ ALIASES: dict[str, Flag] = {
     "masked_loss": Flag("use_masks", kind="bool"),
     "debug_dataset": Flag(None, kind="bool", apply=_set("debug_dataset", True),
                           note="--debug_dataset: showing the data as it would be trained, then stopping"),
-    "alpha_mask": Flag(None, kind="bool", apply=_alpha_mask),
+    "alpha_mask": Flag("use_masks", kind="bool"),  # with masks on, a picture's alpha channel is its mask
     # kohya-ss sd-scripts sdxl_train_textual_inversion.py
     "no_half_vae": Flag(None, kind="bool", apply=_set("vae_dtype", "float32")),
 }

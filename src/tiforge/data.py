@@ -151,14 +151,20 @@ def load_image(source: Path | HFImage) -> Image.Image:
     return _to_rgb(open_image(source))
 
 
-def load_mask(record: Record) -> Image.Image | None:
-    """White trains, black is ignored; a mask file, or the image's alpha channel (kohya's alpha_mask)."""
+def has_alpha(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+
+
+def load_mask(record: Record, picture: Image.Image | None = None) -> Image.Image | None:
+    """White trains, black is ignored: the record's mask file, else the picture's own alpha channel
+    (kohya's alpha_mask; any transparent picture when masks are on), else None (all of it trains).
+    `picture` is the record's image as opened, to spare a second decode."""
     if record.mask is not None:
         im = open_image(record.mask)
         return im.getchannel("A") if im.mode in ("RGBA", "LA") else im.convert("L")
-    if record.options.alpha_mask:
-        im = open_image(record.image)
-        return im.convert("RGBA").getchannel("A")
+    picture = picture if picture is not None else open_image(record.image)
+    if has_alpha(picture):
+        return picture.convert("RGBA").getchannel("A")
     return None
 
 
@@ -243,7 +249,7 @@ class TextualInversionDataset(Dataset):
         self.latent_masks: list[torch.Tensor | None] | None = None
         self._images: dict[int, Image.Image] = {}
         if getattr(dl.dataset, "keep_in_memory", False):
-            self._images = {i: load_image(r.image) for i, r in enumerate(records)}
+            self._images = {i: open_image(r.image) for i, r in enumerate(records)}
 
     def _targets(self, sizes: dict[int, tuple[int, int]]) -> list[tuple[int, int]]:
         """The training size of each record: the fixed resolution, or its aspect-ratio bucket."""
@@ -269,8 +275,9 @@ class TextualInversionDataset(Dataset):
     def image_tensors(self, record_index: int, rng: torch.Generator | None = None):
         """(pixels, crop, mask or None) of one record, augmented by `rng` (None: deterministic)."""
         record = self.records[record_index]
-        image = self._images[record_index] if record_index in self._images else load_image(record.image)
-        mask = load_mask(record) if self.use_masks else None
+        raw = self._images[record_index] if record_index in self._images else open_image(record.image)
+        image = _to_rgb(raw)
+        mask = load_mask(record, raw) if self.use_masks else None
         if mask is not None and mask.size != image.size:
             raise DatasetError(f"{record.mask or record.name}: mask is {mask.size[0]}x{mask.size[1]} but the image "
                                f"{record.name} is {image.width}x{image.height}; a mask must match its image")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .data import load_mask, open_image
+from .data import has_alpha, load_mask, open_image
 from .data_sources import DatasetError, HFImage, Record
 
 log = logging.getLogger(__name__)
@@ -63,16 +63,17 @@ def _check_one(record: Record, resolution: tuple[int, int], use_masks: bool) -> 
     if size[0] < resolution[0] or size[1] < resolution[1]:
         notes.append(f"{im.width}x{im.height} is smaller than the training size {resolution[1]}x{resolution[0]}: "
                      "it is enlarged (blurrier than a large picture)")
-    if use_masks and (record.mask is not None or record.options.alpha_mask):
+    if use_masks and record.mask is not None:
         try:
-            mask = load_mask(record)
+            mask = load_mask(record, im)
         except Exception as err:
             return f"mask {_where(record.mask)} unreadable ({type(err).__name__}: {err})", notes, size
-        if mask is not None and mask.size != (im.width, im.height):
-            return (f"mask {_where(record.mask or record.image)} is {mask.size[0]}x{mask.size[1]} but the image is "
+        if mask.size != (im.width, im.height):
+            return (f"mask {_where(record.mask)} is {mask.size[0]}x{mask.size[1]} but the image is "
                     f"{im.width}x{im.height}"), notes, size
     elif use_masks:
-        notes.append("no mask (masks/<name>.png or <name>_mask.png): the whole picture trains")
+        notes.append("no mask file: its alpha channel is the mask" if has_alpha(im) else
+                     "no mask (masks/<name>.png, <name>_mask.png or an alpha channel): the whole picture trains")
     return None, notes, size
 
 

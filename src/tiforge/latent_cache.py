@@ -53,7 +53,7 @@ def entry_key(dataset: TextualInversionDataset, r: int, vae_fp: str) -> str:
     parts = [_content_hash(record.image), str(dataset.targets[r]), "center", vae_fp]
     if dataset.use_masks and record.mask is not None:
         parts.append(_content_hash(record.mask))
-    parts.append(f"alpha={record.options.alpha_mask and dataset.use_masks}")
+    parts.append(f"masks={dataset.use_masks}")  # with masks on, an entry also holds the mask
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 

@@ -448,6 +448,8 @@ def _num_workers(config: TrainingConfig) -> int:
         return config.data_loader.dataloader_num_workers
     if config.cache_vae_outputs:
         return 0  # cached latents: an item is a tensor lookup and a tokenizer call
+    if threading.current_thread() is not threading.main_thread():
+        return 0  # a front end trains in a thread: forking worker processes from it is not safe
     import os
 
     return max(0, min(4, (os.cpu_count() or 1) - 1))
