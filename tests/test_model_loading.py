@@ -72,3 +72,17 @@ def test_ckpt_single_file(tiny_sd1, single_file_sd1, tmp_path):
     parts = load_sd_components(str(ckpt), single_file_config=str(tiny_sd1))
     folder = load_sd_components(str(tiny_sd1))
     assert torch.equal(parts.unet.conv_in.weight, folder.unet.conv_in.weight)
+
+
+def test_sd2_single_file_with_openclip_layout_matches_folder(tiny_sd2, tmp_path):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd2, safety_checker=None, local_files_only=True)
+    path = save_single_file(pipe, tmp_path / "tiny-sd2.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        assert "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight" in f.keys()
+    folder = load_sd_components(str(tiny_sd2))
+    single = load_sd_components(str(path), single_file_config=str(tiny_sd2))
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(folder, name).state_dict(), getattr(single, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

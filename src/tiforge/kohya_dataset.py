@@ -131,8 +131,8 @@ def read_kohya_dataset_config(path: str | Path) -> list[KohyaDataset]:
                 problems.append(f"{sub_where}.image_dir: missing; every subset needs its image folder")
                 continue
             image_dir = Path(options.pop("image_dir")).expanduser()
-            if not image_dir.is_absolute():
-                image_dir = path.parent / image_dir
+            if not image_dir.is_absolute() and not image_dir.is_dir():
+                image_dir = path.parent / image_dir  # kohya reads it from the working folder; else beside the file
             try:
                 subsets.append(KohyaSubset(image_dir=image_dir, **options))
             except TypeError as err:
