@@ -1,6 +1,5 @@
 """Checkpoints that survive anything: exact resume in a new process, Ctrl-C, kill -9, NaN, disk."""
 
-import os
 import random
 import signal
 import subprocess
@@ -21,7 +20,7 @@ from tiforge.interrupts import TrainingStopped
 from tiforge.outputs import OutputError, check_output_space
 from tiforge.train import train
 
-from conftest import base_config, make_images
+from conftest import base_config
 
 CLI = [sys.executable, "-m", "tiforge.cli"]
 

@@ -4,7 +4,6 @@ import asyncio
 import subprocess
 import sys
 
-import pytest
 import torch
 import yaml
 from safetensors.torch import load_file

@@ -5,8 +5,6 @@ images of one bucket (so they stack), as kohya's `enable_bucket` and invoke-trai
 
 from __future__ import annotations
 
-from collections import Counter
-
 from .config import AspectRatioBucketConfig
 
 
@@ -34,10 +32,3 @@ def choose_bucket(size: tuple[int, int], buckets: list[tuple[int, int]], cfg: As
         return (max(step, h // step * step), max(step, w // step * step))
     ratio = w / h
     return min(buckets, key=lambda b: (abs(b[1] / b[0] - ratio), -b[0] * b[1]))
-
-
-def histogram(assigned: list[tuple[int, int]], repeats: list[int]) -> list[tuple[tuple[int, int], int]]:
-    counts: Counter = Counter()
-    for bucket, n in zip(assigned, repeats):
-        counts[bucket] += n
-    return sorted(counts.items())

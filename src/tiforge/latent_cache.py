@@ -112,9 +112,3 @@ def cache_vae_outputs(dataset: TextualInversionDataset, vae, device, dtype, prog
     if folder is not None:
         log.info("latent cache %s: %d encoded, %d reused", folder, stats["encoded"], stats["from_disk"])
     return stats
-
-
-def cache_size_bytes(folder: str | Path) -> int:
-    folder = Path(folder)
-    return sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else 0
-
