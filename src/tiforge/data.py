@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .buckets import bucket_sizes, choose_bucket
 from .config import TextualInversionSDDataLoaderConfig
-from .data_sources import DatasetError, HFImage, Record, find_records  # noqa: F401  (re-exported)
+from .data_sources import DatasetError, HFImage, Record, default_options, find_records  # noqa: F401  (re-exported)
 from .templates import PRESETS, read_a1111_templates
 from .text_conditioning import tokenize
 from .tokens import Placeholder
@@ -62,20 +62,13 @@ class Captioner:
         else:
             self.templates = PRESETS[dl.caption_preset] if dl.caption_preset else dl.caption_templates
         self.keep_original = dl.keep_original_captions
-        self.delimiter = dl.shuffle_caption_delimiter
+        self.options = default_options(dl)  # for callers without a record; records carry their own
         self.placeholder = placeholder
 
     def __call__(self, original: str | None, rng: torch.Generator | None = None, record: Record | None = None) -> str:
-        options = record.options if record is not None else None
-        delimiter = options.shuffle_delimiter if options is not None else self.delimiter
-        caption = original or ""
-        if options is not None and caption:
-            caption = _tags(caption, options, delimiter, rng)
-        elif delimiter and caption:
-            parts = [p.strip() for p in caption.split(delimiter)]
-            order = torch.randperm(len(parts), generator=rng).tolist()
-            caption = f"{delimiter} ".join(parts[i] for i in order)
-        if options is not None and options.caption_dropout_rate and _chance(rng) < options.caption_dropout_rate:
+        options = record.options if record is not None else self.options
+        caption = _tags(original, options, rng) if original else ""
+        if options.caption_dropout_rate and _chance(rng) < options.caption_dropout_rate:
             caption = ""
         if self.templates:
             template = self.templates[int(torch.randint(len(self.templates), (), generator=rng).item())]
@@ -86,8 +79,7 @@ class Captioner:
                 )
             prefix = template.format(self.placeholder.token)
             caption = f"{prefix} {caption}".strip() if self.keep_original else prefix
-        if options is not None:
-            caption = " ".join(p for p in (options.caption_prefix, caption, options.caption_suffix) if p)
+        caption = " ".join(p for p in (options.caption_prefix, caption, options.caption_suffix) if p)
         return self.placeholder.expand(caption)
 
 
@@ -95,8 +87,10 @@ def _chance(rng: torch.Generator | None) -> float:
     return float(torch.rand((), generator=rng))
 
 
-def _tags(caption: str, options, delimiter: str | None, rng) -> str:
-    """kohya's tag handling: the first keep_tokens tags stay, the rest may drop out or shuffle."""
+def _tags(caption: str, options, rng) -> str:
+    """Shuffling on a delimiter, and kohya's tag handling: the first keep_tokens tags stay, the rest
+    may drop out or shuffle."""
+    delimiter = options.shuffle_delimiter
     sep = delimiter or ","
     if not (delimiter or options.tag_dropout_rate):
         return caption

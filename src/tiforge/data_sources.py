@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -247,9 +247,9 @@ def _kohya_records(config_path: str, use_masks: bool) -> list[Record]:
                 tag_dropout_rate=sub.caption_tag_dropout_rate, caption_prefix=sub.caption_prefix,
                 caption_suffix=sub.caption_suffix, alpha_mask=sub.alpha_mask,
             )
-            found = _folder_records(sub.image_dir, sub.caption_extension, options, use_masks and not sub.alpha_mask,
-                                    f"{config_path}: image_dir", sub.num_repeats, sub.class_tokens)
-            records += [replace(r, repeats=sub.num_repeats) for r in found]
+            records += _folder_records(sub.image_dir, sub.caption_extension, options,
+                                       use_masks and not sub.alpha_mask, f"{config_path}: image_dir",
+                                       sub.num_repeats, sub.class_tokens)
     return records
 
 

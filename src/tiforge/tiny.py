@@ -62,12 +62,11 @@ def _tiny_vae(scaling_factor: float = 0.18215):
     )
 
 
-def build_tiny_sdxl_pipeline(seed: int = 0):
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+def _tiny_unet(**family):
+    """The tiny UNet every family shares; `family` holds what differs (widths, attention, SDXL's extras)."""
+    from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(seed)
-    width_l, width_g = _SDXL_WIDTHS
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=1,
         sample_size=16,
@@ -75,6 +74,17 @@ def build_tiny_sdxl_pipeline(seed: int = 0):
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=32,
+        **family,
+    )
+
+
+def build_tiny_sdxl_pipeline(seed: int = 0):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    torch.manual_seed(seed)
+    width_l, width_g = _SDXL_WIDTHS
+    unet = _tiny_unet(
         cross_attention_dim=width_l + width_g,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
@@ -83,7 +93,6 @@ def build_tiny_sdxl_pipeline(seed: int = 0):
         # six size/crop numbers, each embedded, plus clip_g's pooled projection
         projection_class_embeddings_input_dim=6 * _SDXL_TIME_EMBED + width_g,
         transformer_layers_per_block=1,
-        norm_num_groups=32,
     )
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
@@ -106,7 +115,7 @@ def build_tiny_sdxl_pipeline(seed: int = 0):
 
 
 def build_tiny_pipeline(family: Family = "sd1", seed: int = 0):
-    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
 
     if family == "sdxl":
         return build_tiny_sdxl_pipeline(seed)
@@ -115,18 +124,10 @@ def build_tiny_pipeline(family: Family = "sd1", seed: int = 0):
     width = _TEXT_WIDTH[family]
     sd2 = family == "sd2"
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _tiny_unet(
         cross_attention_dim=width,
         attention_head_dim=(2, 4) if sd2 else 8,
         use_linear_projection=sd2,
-        norm_num_groups=32,
     )
     vae = _tiny_vae()
     text_encoder = _tiny_text_encoder(width, 0 if sd2 else 49407, "gelu" if sd2 else "quick_gelu")

@@ -26,9 +26,25 @@ SDXL_TIME_EMBED = 8
 FAMILIES = {"sd": "toy_model", "sdxl": "toy_model_sdxl"}
 
 
+def _toy_unet(**family):
+    """The toy UNet both twins share; `family` holds what differs (text width, SDXL's extras)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=SIZE // 2,
+        block_out_channels=(32, 64, 128),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=8,
+        norm_num_groups=16,
+        **family,
+    )
+
+
 def build_toy_components(seed: int = 0):
     """Untrained VAE, UNet, text encoder and DDPM scheduler of the toy architecture."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -41,16 +57,7 @@ def build_toy_components(seed: int = 0):
         norm_num_groups=16,
         sample_size=SIZE,
     )
-    unet = UNet2DConditionModel(
-        sample_size=SIZE // 2,
-        block_out_channels=(32, 64, 128),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TEXT_WIDTH,
-        attention_head_dim=8,
-        norm_num_groups=16,
-    )
+    unet = _toy_unet(cross_attention_dim=TEXT_WIDTH)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, hidden_size=TEXT_WIDTH, intermediate_size=2 * TEXT_WIDTH, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=TEXT_WIDTH,
@@ -64,19 +71,11 @@ def build_toy_components(seed: int = 0):
 def build_toy_sdxl_components(vae, sd_text_encoder, seed: int = 0):
     """The SDXL twin, untrained but for what it shares: the SD twin's VAE, and its text encoder as
     the starting point of both clip_l and clip_g (clip_g gets a fresh pooled projection)."""
-    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=SIZE // 2,
-        block_out_channels=(32, 64, 128),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _toy_unet(
         cross_attention_dim=2 * TEXT_WIDTH,
-        attention_head_dim=8,
-        norm_num_groups=16,
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=SDXL_TIME_EMBED,
