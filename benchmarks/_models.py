@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from tiforge.clip_tokenizer import cache_dir, load_clip_tokenizer
-from tiforge.tiny import save_tiny_pipeline
+from tiforge.model.clip_tokenizer import cache_dir, load_clip_tokenizer
+from tiforge.toy.tiny import save_tiny_pipeline
 
 
 def _build_sd15_random(seed: int = 0):

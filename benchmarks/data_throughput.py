@@ -54,7 +54,7 @@ def make_pictures(folder: Path, n: int, size: tuple[int, int]) -> None:
 
 
 def epoch_rate(dataset, batch_size: int, workers: int, epochs: int = 2) -> float:
-    from tiforge.data import make_dataloader
+    from tiforge.data.dataset import make_dataloader
 
     loader = make_dataloader(dataset, batch_size, workers)
     items, start = 0, None
@@ -74,13 +74,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     args = parser.parse_args()
 
-    from tiforge.clip_tokenizer import load_clip_tokenizer
-    from tiforge.config import TextualInversionSDDataLoaderConfig
-    from tiforge.data import Captioner, TextualInversionDataset
-    from tiforge.data_sources import find_records
-    from tiforge.dataset_check import scan_records
-    from tiforge.latent_cache import cache_vae_outputs
-    from tiforge.tokens import add_placeholder
+    from tiforge.model.clip_tokenizer import load_clip_tokenizer
+    from tiforge.config.schema import TextualInversionSDDataLoaderConfig
+    from tiforge.data.dataset import Captioner, TextualInversionDataset
+    from tiforge.data.sources import find_records
+    from tiforge.data.checks import scan_records
+    from tiforge.data.latent_cache import cache_vae_outputs
+    from tiforge.model.placeholders import add_placeholder
 
     root = Path(tempfile.mkdtemp())
     t = time.perf_counter()

@@ -3,7 +3,7 @@
 For a few learning rates, vector counts and initializers it trains an embedding for a concept the
 toy model has never seen (the object "purple star"; the style "light checkered background", with
 the style templates) and, at every checkpoint, measures
-  * the hit rate: the fraction of 16 generations in which the judge (tiforge.toyworld.judge, no
+  * the hit rate: the fraction of 16 generations in which the judge (tiforge.toy.world.judge, no
     neural network) finds the concept, prompting with the learned token;
   * the held-out denoising loss: the training loss on 16 other pictures of the concept with fixed
     noise and timesteps (lower = the token explains the concept better).
@@ -23,15 +23,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from tiforge.config import config_from_dict
-from tiforge.embedding_files import load_embedding
-from tiforge.loss import denoising_loss
-from tiforge.model_loading import load_sd_components
-from tiforge.tokens import add_placeholder, install_placeholder_embedding
-from tiforge.toy_model import concept_scenes, hit_rate, pipeline_with_embedding, toy_model_dir, write_concept_images
-from tiforge.toyworld import render
-from tiforge.train import train
-from tiforge.validation import image_grid
+from tiforge.config.schema import config_from_dict
+from tiforge.embeddings.files import load_embedding
+from tiforge.model.loss import denoising_loss
+from tiforge.model.loading import load_sd_components
+from tiforge.model.placeholders import add_placeholder, install_placeholder_embedding
+from tiforge.toy.model import concept_scenes, hit_rate, pipeline_with_embedding, toy_model_dir, write_concept_images
+from tiforge.toy.world import render
+from tiforge.training.recipe import train
+from tiforge.training.validation import image_grid
 
 PROMPTS = {"purple-star": ("a {}", ["a {}"]), "light-checkered": ("a painting in the style of {}", None)}
 
@@ -91,7 +91,7 @@ def run(concept: str, lr: float, vectors: int, init: str, steps: int, every: int
             ids = parts.tokenizer.encode(init, add_special_tokens=False)
             vec = parts.text_encoder.get_input_embeddings().base.weight[ids[0]].detach().float().repeat(vectors, 1)
             path = Path(tempfile.mkdtemp()) / "init.safetensors"
-            from tiforge.embedding_files import save_embedding
+            from tiforge.embeddings.files import save_embedding
 
             save_embedding(path, token, vec)
         vec = load_embedding(path).single

@@ -84,10 +84,10 @@ class BareStep:
 def worker(size: str, steps: int) -> dict:
     from PIL import Image
 
-    import tiforge.train as train_module
+    import tiforge.training.recipe as train_module
     from _models import model_dir
-    from tiforge.config import config_from_dict
-    from tiforge.train import train
+    from tiforge.config.schema import config_from_dict
+    from tiforge.training.recipe import train
 
     model = str(model_dir(size))
     res = RESOLUTION[size]

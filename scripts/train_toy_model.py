@@ -1,4 +1,4 @@
-"""Pretrains the toy Stable-Diffusion-architecture models on the toy world (tiforge.toyworld).
+"""Pretrains the toy Stable-Diffusion-architecture models on the toy world (tiforge.toy.world).
 
     .venv/bin/python scripts/train_toy_model.py                 # SD twin, about 40 minutes on a 2-core CPU
     .venv/bin/python scripts/train_toy_model.py --family sdxl   # SDXL twin, from the SD twin's VAE and text encoder
@@ -6,7 +6,7 @@
 Writes src/tiforge/assets/toy_model/ (fp16 weights, configs, report.json). The pictures are 32x32;
 the VAE downsamples by 2 (latents 4x16x16); the UNet has cross-attention at 8x8 and 4x4; the text
 encoder is a 2-layer CLIP with the real CLIP tokenizer. Two combinations of known things never
-appear - purple stars and light checkered backgrounds (see tiforge.toyworld) - so textual inversion
+appear - purple stars and light checkered backgrounds (see tiforge.toy.world) - so textual inversion
 has something to learn.
 Deterministic for a given seed and thread count.
 """
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tiforge.clip_tokenizer import load_clip_tokenizer
-from tiforge.text_conditioning import PromptEncoder, unet_conditioning
-from tiforge.toy_model import (
+from tiforge.model.clip_tokenizer import load_clip_tokenizer
+from tiforge.model.text_conditioning import PromptEncoder, unet_conditioning
+from tiforge.toy.model import (
     FAMILIES,
     build_toy_components,
     build_toy_sdxl_components,
@@ -34,7 +34,7 @@ from tiforge.toy_model import (
     save_toy_model,
     shipped_weights,
 )
-from tiforge.toyworld import SIZE, caption, render, sample_scene
+from tiforge.toy.world import SIZE, caption, render, sample_scene
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "tiforge" / "assets"
 
@@ -86,7 +86,7 @@ def reconstruction_check(vae, scenes, pixels, n=300) -> dict:
     """The judge on VAE reconstructions: a VAE that loses shape or texture caps everything after it."""
     from PIL import Image
 
-    from tiforge.toyworld import judge
+    from tiforge.toy.world import judge
 
     rec = vae.decode(vae.encode(to_float(pixels[-n:])).latent_dist.mean).sample
     rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()

@@ -15,21 +15,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_sd1(tmp_path_factory) -> Path:
-    from tiforge.tiny import save_tiny_pipeline
+    from tiforge.toy.tiny import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd1", "sd1")
 
 
 @pytest.fixture(scope="session")
 def tiny_sd2(tmp_path_factory) -> Path:
-    from tiforge.tiny import save_tiny_pipeline
+    from tiforge.toy.tiny import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd2", "sd2")
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory) -> Path:
-    from tiforge.tiny import save_tiny_pipeline
+    from tiforge.toy.tiny import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sdxl", "sdxl")
 

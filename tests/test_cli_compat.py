@@ -6,7 +6,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from tiforge.cli import main
+from tiforge.frontends.cli import main
 
 from conftest import make_images
 
@@ -129,7 +129,7 @@ batch_size = 1
 
 
 def test_kohya_weights_continue_an_embedding(tiny_sd1, image_dir, tmp_path, capsys):
-    from tiforge.embedding_files import save_embedding
+    from tiforge.embeddings.files import save_embedding
     import torch
 
     start = save_embedding(tmp_path / "start.pt", "x", torch.randn(3, 32), format="a1111")
@@ -153,8 +153,8 @@ def test_flags_that_mean_nothing_are_refused_with_what_to_use(flag, message, tin
 
 
 def test_every_config_field_is_a_flag(capsys, tmp_path):
-    from tiforge.cli_flags import known_flag_names
-    from tiforge.config import SdTextualInversionConfig, TextualInversionSDDataLoaderConfig
+    from tiforge.config.flags import known_flag_names
+    from tiforge.config.schema import SdTextualInversionConfig, TextualInversionSDDataLoaderConfig
 
     names = set(known_flag_names())
     for model, skip in ((SdTextualInversionConfig, {"type", "data_loader", "optimizer"}),

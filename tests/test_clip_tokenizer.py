@@ -1,4 +1,4 @@
-from tiforge.clip_tokenizer import load_clip_tokenizer
+from tiforge.model.clip_tokenizer import load_clip_tokenizer
 
 
 def test_real_clip_ids():

@@ -3,8 +3,8 @@ import textwrap
 import pytest
 import yaml
 
-from tiforge.cli import _example_config, main
-from tiforge.config import ConfigError, apply_overrides, config_from_dict, load_config
+from tiforge.frontends.cli import _example_config, main
+from tiforge.config.schema import ConfigError, apply_overrides, config_from_dict, load_config
 
 from conftest import base_config
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tiforge.config import TextualInversionSDDataLoaderConfig
-from tiforge.data import (
+from tiforge.config.schema import TextualInversionSDDataLoaderConfig
+from tiforge.data.dataset import (
     Captioner,
     DatasetError,
     TextualInversionDataset,
@@ -12,8 +12,8 @@ from tiforge.data import (
     load_image,
     resize_and_crop,
 )
-from tiforge.templates import OBJECT_TEMPLATES, STYLE_TEMPLATES
-from tiforge.tokens import Placeholder
+from tiforge.data.templates import OBJECT_TEMPLATES, STYLE_TEMPLATES
+from tiforge.model.placeholders import Placeholder
 
 from conftest import make_images
 
@@ -58,7 +58,7 @@ def test_shuffle_caption_delimiter_permutes_parts():
 
 
 def test_a_missing_caption_file_is_named_and_skipped_or_stops(tmp_path):
-    from tiforge.dataset_check import apply_policy, scan_records
+    from tiforge.data.checks import apply_policy, scan_records
 
     folder = make_images(tmp_path / "d", n=3, captions=["a <p>"])
     (folder / "img_1.txt").unlink()
@@ -102,7 +102,7 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def test_dataset_items_and_collate(tmp_path):
-    from tiforge.clip_tokenizer import load_clip_tokenizer
+    from tiforge.model.clip_tokenizer import load_clip_tokenizer
 
     tok = load_clip_tokenizer()
     tok.add_tokens(list(PH.tokens))
@@ -117,7 +117,7 @@ def test_dataset_items_and_collate(tmp_path):
 
 
 def test_epoch_order_depends_on_seed_and_epoch_and_can_skip():
-    from tiforge.data import EpochSampler
+    from tiforge.data.dataset import EpochSampler
 
     a, b = EpochSampler(10, seed=1), EpochSampler(10, seed=1)
     a.begin(3)

@@ -10,16 +10,16 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-import tiforge.train as train_module
-from tiforge.clip_tokenizer import load_clip_tokenizer
-from tiforge.cli import main
-from tiforge.config import TextualInversionSDDataLoaderConfig, config_from_dict
-from tiforge.data import Captioner, DatasetError, TextualInversionDataset, collate, make_dataloader
-from tiforge.data_sources import find_records
-from tiforge.dataset_check import scan_records
-from tiforge.loss import denoising_loss
-from tiforge.tokens import Placeholder
-from tiforge.train import train
+import tiforge.training.recipe as train_module
+from tiforge.model.clip_tokenizer import load_clip_tokenizer
+from tiforge.frontends.cli import main
+from tiforge.config.schema import TextualInversionSDDataLoaderConfig, config_from_dict
+from tiforge.data.dataset import Captioner, DatasetError, TextualInversionDataset, collate, make_dataloader
+from tiforge.data.sources import find_records
+from tiforge.data.checks import scan_records
+from tiforge.model.loss import denoising_loss
+from tiforge.model.placeholders import Placeholder
+from tiforge.training.recipe import train
 
 from conftest import SDXL, base_config, make_images
 
@@ -350,8 +350,8 @@ def test_collate_stacks_masks_and_sizes(tmp_path):
 
 
 def test_bucket_sizes_and_no_upscale():
-    from tiforge.buckets import bucket_sizes, choose_bucket
-    from tiforge.config import AspectRatioBucketConfig
+    from tiforge.data.buckets import bucket_sizes, choose_bucket
+    from tiforge.config.schema import AspectRatioBucketConfig
 
     cfg = AspectRatioBucketConfig(target_resolution=512, start_dim=256, end_dim=1024, divisible_by=64)
     sizes = bucket_sizes(cfg)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from tiforge.cli import main
+from tiforge.frontends.cli import main
 
 
 def test_demo_runs_offline_and_reports_the_judge(tmp_path, capsys, monkeypatch):

@@ -5,11 +5,11 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
-from tiforge.config import config_from_dict
-from tiforge.embedding_files import load_embedding
-from tiforge.model_loading import load_sd_components
-from tiforge.text_conditioning import PromptEncoder
-from tiforge.train import train
+from tiforge.config.schema import config_from_dict
+from tiforge.embeddings.files import load_embedding
+from tiforge.model.loading import load_sd_components
+from tiforge.model.text_conditioning import PromptEncoder
+from tiforge.training.recipe import train
 
 from conftest import SDXL, base_config
 

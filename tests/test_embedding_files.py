@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tiforge.embedding_files import EmbeddingFileError, load_embedding, save_embedding
+from tiforge.embeddings.files import EmbeddingFileError, load_embedding, save_embedding
 
 
 def test_reads_the_common_layouts(tmp_path):

@@ -8,10 +8,10 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file, save_file
 
-from tiforge.cli import main
-from tiforge.embedding_convert import convert, install_for_invokeai
-from tiforge.embedding_files import EmbeddingFileError, load_embedding, save_embedding
-from tiforge.generate import load_embeddings_into
+from tiforge.frontends.cli import main
+from tiforge.embeddings.convert import convert, install_for_invokeai
+from tiforge.embeddings.files import EmbeddingFileError, load_embedding, save_embedding
+from tiforge.embeddings.generate import load_embeddings_into
 
 TARGETS = [  # (format, extension)
     ("diffusers", ".safetensors"), ("diffusers", ".bin"), ("diffusers", ".pt"),

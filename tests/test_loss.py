@@ -3,10 +3,10 @@ batch goes down, the new vectors move, and nothing else does."""
 
 import torch
 
-from tiforge.loss import denoising_loss, min_snr_weights, sample_latents, snr, training_target
-from tiforge.model_loading import load_sd_components
-from tiforge.text_conditioning import PromptEncoder, sdxl_time_ids, unet_conditioning
-from tiforge.tokens import initial_vectors
+from tiforge.model.loss import denoising_loss, min_snr_weights, sample_latents, snr, training_target
+from tiforge.model.loading import load_sd_components
+from tiforge.model.text_conditioning import PromptEncoder, sdxl_time_ids, unet_conditioning
+from tiforge.model.placeholders import initial_vectors
 
 
 def test_v_prediction_target_is_velocity():

@@ -4,10 +4,10 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from tiforge.config import config_from_dict
-from tiforge.ldm_export import save_single_file
-from tiforge.model_loading import ModelLoadError, load_sd_components
-from tiforge.train import train
+from tiforge.config.schema import config_from_dict
+from tiforge.model.single_file_export import save_single_file
+from tiforge.model.loading import ModelLoadError, load_sd_components
+from tiforge.training.recipe import train
 
 from conftest import base_config
 

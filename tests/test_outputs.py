@@ -1,8 +1,8 @@
 import torch
 
-from tiforge.embedding_files import load_embedding
-from tiforge.checkpoints import save_checkpoint
-from tiforge.outputs import embedding_file_name, make_run_dir
+from tiforge.embeddings.files import load_embedding
+from tiforge.training.checkpoints import save_checkpoint
+from tiforge.training.run_folders import embedding_file_name, make_run_dir
 
 
 def test_embedding_file_name_is_safe():

@@ -12,13 +12,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import tiforge.train as train_module
-from tiforge.checkpoints import CheckpointError, find_checkpoint
-from tiforge.config import config_from_dict
-from tiforge.embedding_files import load_embedding
-from tiforge.interrupts import TrainingStopped
-from tiforge.outputs import OutputError, check_output_space
-from tiforge.train import train
+import tiforge.training.recipe as train_module
+from tiforge.training.checkpoints import CheckpointError, find_checkpoint
+from tiforge.config.schema import config_from_dict
+from tiforge.embeddings.files import load_embedding
+from tiforge.training.interrupts import TrainingStopped
+from tiforge.training.run_folders import OutputError, check_output_space
+from tiforge.training.recipe import train
 
 from conftest import base_config
 

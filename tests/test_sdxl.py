@@ -10,13 +10,13 @@ import torch
 import yaml
 from diffusers import StableDiffusionXLPipeline
 
-import tiforge.train as train_module
-from tiforge.cli import main
-from tiforge.config import ConfigError, config_from_dict
-from tiforge.embedding_files import EmbeddingFileError, load_embedding
-from tiforge.ldm_export import save_single_file
-from tiforge.model_loading import ModelLoadError, load_sd_components
-from tiforge.train import train
+import tiforge.training.recipe as train_module
+from tiforge.frontends.cli import main
+from tiforge.config.schema import ConfigError, config_from_dict
+from tiforge.embeddings.files import EmbeddingFileError, load_embedding
+from tiforge.model.single_file_export import save_single_file
+from tiforge.model.loading import ModelLoadError, load_sd_components
+from tiforge.training.recipe import train
 
 from conftest import SDXL, base_config
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from tiforge.clip_tokenizer import load_clip_tokenizer
-from tiforge.tokens import (
+from tiforge.model.clip_tokenizer import load_clip_tokenizer
+from tiforge.model.placeholders import (
     PlaceholderEmbedding,
     TokenError,
     add_placeholder,

@@ -4,11 +4,11 @@ majority after training."""
 
 import pytest
 
-from tiforge.config import config_from_dict
-from tiforge.embedding_files import save_embedding
-from tiforge.model_loading import load_sd_components
-from tiforge.toy_model import evaluate_prompts, hit_rate, pipeline_with_embedding, toy_model_dir, write_concept_images
-from tiforge.train import train
+from tiforge.config.schema import config_from_dict
+from tiforge.embeddings.files import save_embedding
+from tiforge.model.loading import load_sd_components
+from tiforge.toy.model import evaluate_prompts, hit_rate, pipeline_with_embedding, toy_model_dir, write_concept_images
+from tiforge.training.recipe import train
 
 # (family, concept) -> (prompt, caption config, vectors). Measured with seed 0 on the shipped toy
 # models (16 pictures each): SD purple star 0.00 -> 0.88; SD checkered style 0.00 -> 1.00 (of which

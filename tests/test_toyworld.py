@@ -5,8 +5,8 @@ import collections
 import numpy as np
 from PIL import Image
 
-from tiforge.toy_model import concept_scenes
-from tiforge.toyworld import HELD_OUT_OBJECT, HELD_OUT_STYLE, caption, judge, render, sample_scene
+from tiforge.toy.model import concept_scenes
+from tiforge.toy.world import HELD_OUT_OBJECT, HELD_OUT_STYLE, caption, judge, render, sample_scene
 
 
 def test_rendering_is_deterministic():

@@ -7,12 +7,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import tiforge.train as train_module
-from tiforge.cli import main
-from tiforge.config import ConfigError, config_from_dict
-from tiforge.data import DatasetError
-from tiforge.embedding_files import EmbeddingFileError
-from tiforge.train import train
+import tiforge.training.recipe as train_module
+from tiforge.frontends.cli import main
+from tiforge.config.schema import ConfigError, config_from_dict
+from tiforge.data.dataset import DatasetError
+from tiforge.embeddings.files import EmbeddingFileError
+from tiforge.training.recipe import train
 
 from conftest import base_config, make_images
 
@@ -215,7 +215,7 @@ def test_worker_count_does_not_change_the_result(tiny_sd1, image_dir, tmp_path):
 @pytest.mark.parametrize("fmt, ext, precision", [("a1111", "pt", "float32"), ("kohya", "safetensors", "float16"),
                                                  ("diffusers", "bin", "bfloat16")])
 def test_training_writes_the_chosen_format(tiny_sd1, image_dir, tmp_path, fmt, ext, precision):
-    from tiforge.embedding_files import load_embedding
+    from tiforge.embeddings.files import load_embedding
 
     cfg = base_config(tiny_sd1, image_dir, tmp_path / "out", max_train_steps=2, save_every_n_steps=1,
                       save_format=fmt, save_model_as=ext, save_precision=precision,

@@ -9,7 +9,7 @@ import yaml
 from safetensors.torch import load_file
 from textual.widgets import Button, Checkbox, Input, Select
 
-from tiforge.ui import TrainerUI, find_models, form_to_config
+from tiforge.frontends.console_ui import TrainerUI, find_models, form_to_config
 
 
 def test_models_are_found_in_model_folders(tiny_sd1):

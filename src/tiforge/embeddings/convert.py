@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .embedding_files import EmbeddingFileError, load_embedding, save_embedding
+from tiforge.embeddings.files import EmbeddingFileError, load_embedding, save_embedding
 
 
 def convert(src: str | Path, dst: str | Path, to: str, token: str | None = None, precision: str | None = None) -> Path:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .text_conditioning import PromptEncoder
+from tiforge.model.text_conditioning import PromptEncoder
 
 log = logging.getLogger(__name__)
 

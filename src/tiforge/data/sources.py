@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import TextualInversionSDDataLoaderConfig
+from tiforge.config.schema import TextualInversionSDDataLoaderConfig
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def _hf_records(ds, options: Options, use_masks: bool) -> list[Record]:
 
 
 def _kohya_records(config_path: str, use_masks: bool) -> list[Record]:
-    from .kohya_dataset import KohyaDatasetError, read_kohya_dataset_config
+    from tiforge.data.kohya_toml import KohyaDatasetError, read_kohya_dataset_config
 
     try:
         datasets = read_kohya_dataset_config(config_path)
@@ -258,7 +258,7 @@ def apply_kohya_dataset_settings(config):
     dl = config.data_loader
     if dl.dataset.type != "KOHYA_DATASET_CONFIG":
         return config
-    from .kohya_dataset import KohyaDatasetError, read_kohya_dataset_config
+    from tiforge.data.kohya_toml import KohyaDatasetError, read_kohya_dataset_config
 
     try:
         first = read_kohya_dataset_config(dl.dataset.config_path)[0]
@@ -273,7 +273,7 @@ def apply_kohya_dataset_settings(config):
         update["train_batch_size"] = first.batch_size
     if first.enable_bucket:
         h, w = first.resolution or dl.height_width
-        from .config import AspectRatioBucketConfig
+        from tiforge.config.schema import AspectRatioBucketConfig
 
         dl_update["aspect_ratio_buckets"] = AspectRatioBucketConfig(
             target_resolution=int((h * w) ** 0.5), start_dim=first.min_bucket_reso, end_dim=first.max_bucket_reso,

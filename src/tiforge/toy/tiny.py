@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from .clip_tokenizer import load_clip_tokenizer
+from tiforge.model.clip_tokenizer import load_clip_tokenizer
 
 Family = Literal["sd1", "sd2", "sdxl"]
 

@@ -1,9 +1,9 @@
 """`tiforge demo`: teach the pretrained toy model a word for something it has never seen - a purple
 star - from six pictures, then check with the judge that the word works. Offline, about a minute.
 
-The toy model (tiforge.toy_model) is a tiny Stable-Diffusion-architecture pipeline trained on a
+The toy model (tiforge.toy.model) is a tiny Stable-Diffusion-architecture pipeline trained on a
 world of coloured shapes in which purple things and stars abound but no purple star ever appears.
-The judge (tiforge.toyworld.judge) reads shape and colour off a picture without any neural network,
+The judge (tiforge.toy.world.judge) reads shape and colour off a picture without any neural network,
 so "did it learn?" is a number.
 """
 
@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .config import config_from_dict
-from .embedding_files import save_embedding
-from .toy_model import hit_rate, load_toy_pipeline, pipeline_with_embedding, toy_model_dir
-from .train import TrainResult, train
-from .validation import image_grid
+from tiforge.config.schema import config_from_dict
+from tiforge.embeddings.files import save_embedding
+from tiforge.toy.model import hit_rate, load_toy_pipeline, pipeline_with_embedding, toy_model_dir
+from tiforge.training.recipe import TrainResult, train
+from tiforge.training.validation import image_grid
 
 CONCEPT = "purple-star"
 TOKEN = "<purple-star>"

@@ -1,5 +1,5 @@
 """The pretrained toy models: tiny Stable-Diffusion-architecture pipelines that understand the toy
-world (tiforge.toyworld), and the measurements made with them.
+world (tiforge.toy.world), and the measurements made with them.
 
 Two twins: "sd" (one text encoder) and "sdxl" (the SDXL architecture: clip_l + clip_g, pooled and
 size/crop conditioning, sharing the SD twin's VAE). Their weights ship with tiforge
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .clip_tokenizer import cache_dir, load_clip_tokenizer
-from .toyworld import COLOURS, HELD_OUT_OBJECT, HELD_OUT_STYLE, SHAPES, SIZE, Verdict, judge
+from tiforge.model.clip_tokenizer import cache_dir, load_clip_tokenizer
+from tiforge.toy.world import COLOURS, HELD_OUT_OBJECT, HELD_OUT_STYLE, SHAPES, SIZE, Verdict, judge
 
 TEXT_WIDTH = 64
 SDXL_TIME_EMBED = 8
@@ -214,7 +214,7 @@ CONCEPTS = {
 def concept_scenes(concept: str, n: int, seed: int):
     import numpy as np
 
-    from .toyworld import sample_scene
+    from tiforge.toy.world import sample_scene
 
     rng = np.random.default_rng(seed)
     if concept == "purple-star":
@@ -227,7 +227,7 @@ def concept_scenes(concept: str, n: int, seed: int):
 
 
 def write_concept_images(concept: str, folder: Path, n: int = 6, seed: int = 0) -> Path:
-    from .toyworld import render
+    from tiforge.toy.world import render
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, scene in enumerate(concept_scenes(concept, n, seed)):
@@ -253,7 +253,7 @@ def hit_rate(pipe, concept: str, prompt: str, n: int = 16, seed: int = 1234) -> 
 def pipeline_with_embedding(embedding_path: Path, token: str, model_dir: Path | None = None):
     """The toy pipeline with an embedding loaded the way users load one: diffusers' loader (SDXL:
     once per text encoder)."""
-    from .generate import load_embeddings_into
+    from tiforge.embeddings.generate import load_embeddings_into
 
     pipe = load_toy_pipeline(model_dir)
     load_embeddings_into(pipe, [str(embedding_path)], [token])

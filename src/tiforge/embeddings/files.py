@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .atomic import atomic_write
+from tiforge import __version__
+from tiforge.atomic import atomic_write
 
 FORMATS = ("diffusers", "a1111", "kohya")
 PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,

@@ -21,8 +21,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write_text
-from .checkpoints import (
+from tiforge.atomic import atomic_write_text
+from tiforge.training.checkpoints import (
     CheckpointError,
     capture_rng,
     find_checkpoint,
@@ -31,21 +31,21 @@ from .checkpoints import (
     restore_rng,
     save_checkpoint,
 )
-from .config import ConfigError, TrainingConfig, dump_config
-from .data import Captioner, TextualInversionDataset, check_captions_hold_placeholder, make_dataloader
-from .data_sources import DatasetError, apply_kohya_dataset_settings, find_records
-from .dataset_check import apply_policy, scan_records
-from .embedding_convert import install_for_invokeai
-from .embedding_files import save_embedding
-from .hub import push_embedding
-from .interrupts import StopRequests, TrainingStopped
-from .latent_cache import cache_vae_outputs, default_cache_dir
-from .loss import NoiseSource, denoising_loss, sample_latents
-from .model_loading import load_sd_components
-from .outputs import check_output_space, embedding_file_name, estimate_output_bytes, make_run_dir
-from .text_conditioning import PromptEncoder, unet_conditioning
-from .tokens import initial_vectors
-from .validation import generate_validation_images, log_validation_images
+from tiforge.config.schema import ConfigError, TrainingConfig, dump_config
+from tiforge.data.dataset import Captioner, TextualInversionDataset, check_captions_hold_placeholder, make_dataloader
+from tiforge.data.sources import DatasetError, apply_kohya_dataset_settings, find_records
+from tiforge.data.checks import apply_policy, scan_records
+from tiforge.embeddings.convert import install_for_invokeai
+from tiforge.embeddings.files import save_embedding
+from tiforge.embeddings.hub import push_embedding
+from tiforge.training.interrupts import StopRequests, TrainingStopped
+from tiforge.data.latent_cache import cache_vae_outputs, default_cache_dir
+from tiforge.model.loss import NoiseSource, denoising_loss, sample_latents
+from tiforge.model.loading import load_sd_components
+from tiforge.training.run_folders import check_output_space, embedding_file_name, estimate_output_bytes, make_run_dir
+from tiforge.model.text_conditioning import PromptEncoder, unet_conditioning
+from tiforge.model.placeholders import initial_vectors
+from tiforge.training.validation import generate_validation_images, log_validation_images
 
 log = logging.getLogger("tiforge")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .data import has_alpha, load_mask, open_image
-from .data_sources import DatasetError, HFImage, Record
+from tiforge.data.dataset import has_alpha, load_mask, open_image
+from tiforge.data.sources import DatasetError, HFImage, Record
 
 log = logging.getLogger(__name__)
 MAX_TOKENS = 77
@@ -119,10 +119,10 @@ def token_report(tokenizer, caption: str, placeholder_ids: set[int]) -> tuple[st
 def report(config, verbose_items: int | None = None) -> str:
     """What `tiforge dataset check` prints: per item the caption as trained, its token ids and length,
     then counts, sizes, buckets, repeats and steps per epoch, then every problem."""
-    from .clip_tokenizer import load_clip_tokenizer
-    from .data import Captioner, TextualInversionDataset, check_captions_hold_placeholder, item_rng
-    from .data_sources import apply_kohya_dataset_settings, find_records
-    from .tokens import add_placeholder
+    from tiforge.model.clip_tokenizer import load_clip_tokenizer
+    from tiforge.data.dataset import Captioner, TextualInversionDataset, check_captions_hold_placeholder, item_rng
+    from tiforge.data.sources import apply_kohya_dataset_settings, find_records
+    from tiforge.model.placeholders import add_placeholder
 
     config = apply_kohya_dataset_settings(config)
     dl = config.data_loader
@@ -163,7 +163,7 @@ def report(config, verbose_items: int | None = None) -> str:
         per_epoch = len(dataset)
         batches = -(-per_epoch // config.train_batch_size)
         if dl.aspect_ratio_buckets is not None:
-            from .data import EpochBatchSampler
+            from tiforge.data.dataset import EpochBatchSampler
 
             batches = EpochBatchSampler(dataset, config.train_batch_size, 0).batches_per_epoch()
         steps = -(-batches // config.gradient_accumulation_steps)
@@ -192,7 +192,7 @@ def report(config, verbose_items: int | None = None) -> str:
 
 def _phrase_len(config) -> int:
     if config.initial_phrase:
-        from .clip_tokenizer import load_clip_tokenizer
+        from tiforge.model.clip_tokenizer import load_clip_tokenizer
 
         return len(load_clip_tokenizer().encode(config.initial_phrase, add_special_tokens=False))
     return 1

@@ -150,7 +150,7 @@ def pipeline_to_ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
 def save_single_file(pipe, path: str | Path) -> Path:
     from safetensors.torch import save_file
 
-    from .atomic import atomic_write
+    from tiforge.atomic import atomic_write
 
     state = pipeline_to_ldm_state_dict(pipe)
     return atomic_write(path, lambda tmp: save_file(state, str(tmp)))

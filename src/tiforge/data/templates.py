@@ -60,7 +60,7 @@ def read_a1111_templates(path: str) -> list[str]:
     picture's own words; blank lines are skipped."""
     from pathlib import Path
 
-    from .data_sources import DatasetError
+    from tiforge.data.sources import DatasetError
 
     file = Path(path).expanduser()
     if not file.is_file():

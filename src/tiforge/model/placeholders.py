@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .embedding_files import SDXL_KEYS, EmbeddingFileError, load_embedding
+from tiforge.embeddings.files import SDXL_KEYS, EmbeddingFileError, load_embedding
 
 
 class TokenError(ValueError):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from .embedding_files import EmbeddingFileError, load_embedding
-from .model_loading import is_sdxl_model, load_sd_components
-from .text_conditioning import PromptEncoder
-from .validation import make_pipeline
+from tiforge.embeddings.files import EmbeddingFileError, load_embedding
+from tiforge.model.loading import is_sdxl_model, load_sd_components
+from tiforge.model.text_conditioning import PromptEncoder
+from tiforge.training.validation import make_pipeline
 
 
 def load_embeddings_into(pipe, files: list[str], tokens: list[str] | None = None) -> list[str]:

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_write, atomic_write_text
-from .embedding_files import save_embedding
-from .outputs import embedding_file_name
+from tiforge.atomic import atomic_write, atomic_write_text
+from tiforge.embeddings.files import save_embedding
+from tiforge.training.run_folders import embedding_file_name
 
 STATE_FILE = "training_state.pt"
 POSITION_FILE = "position.json"

@@ -18,12 +18,12 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .buckets import bucket_sizes, choose_bucket
-from .config import TextualInversionSDDataLoaderConfig
-from .data_sources import DatasetError, HFImage, Record, default_options, find_records  # noqa: F401  (re-exported)
-from .templates import PRESETS, read_a1111_templates
-from .text_conditioning import tokenize
-from .tokens import Placeholder
+from tiforge.data.buckets import bucket_sizes, choose_bucket
+from tiforge.config.schema import TextualInversionSDDataLoaderConfig
+from tiforge.data.sources import DatasetError, HFImage, Record, default_options, find_records  # noqa: F401  (re-exported)
+from tiforge.data.templates import PRESETS, read_a1111_templates
+from tiforge.model.text_conditioning import tokenize
+from tiforge.model.placeholders import Placeholder
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, Checkbox, Collapsible, Footer, Header, Input, Label, Select, Sparkline, Static
 
-from .config import ConfigError, config_from_dict
+from tiforge.config.schema import ConfigError, config_from_dict
 
 SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
 
@@ -108,7 +108,7 @@ def form_to_config(v: dict) -> dict:
         except ValueError:
             return text  # the config reports it, with the field's name
 
-    from .model_loading import is_sdxl_model
+    from tiforge.model.loading import is_sdxl_model
 
     trigger = v.get("trigger", "").strip()
     model = v.get("model", "").strip()
@@ -262,7 +262,7 @@ class TrainerUI(App):
             return {}
 
     def _save_prefs(self) -> None:
-        from .atomic import atomic_write_text
+        from tiforge.atomic import atomic_write_text
 
         atomic_write_text(self.prefs_path, yaml.safe_dump(self.values(), sort_keys=False))
 
@@ -300,8 +300,8 @@ class TrainerUI(App):
         if config is None:
             self.notify("fix the form first", severity="error")
             return
-        from .atomic import atomic_write_text
-        from .config import dump_config
+        from tiforge.atomic import atomic_write_text
+        from tiforge.config.schema import dump_config
 
         out = Path(config.base_output_dir).expanduser()
         path = atomic_write_text(out / f"{config.placeholder_token.strip('<>') or 'config'}.yaml", dump_config(config))
@@ -336,8 +336,8 @@ class TrainerUI(App):
     # -- training in a worker thread ------------------------------------------------------------
 
     def _train(self, config) -> None:
-        from .interrupts import TrainingStopped
-        from .train import train
+        from tiforge.training.interrupts import TrainingStopped
+        from tiforge.training.recipe import train
 
         try:
             self.result = train(config, progress=False, stop_event=self.stop_event,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from .embedding_files import Embedding, load_embedding
-from .tokens import family_of_width
+from tiforge.embeddings.files import Embedding, load_embedding
+from tiforge.model.placeholders import family_of_width
 
 
 def family_of(emb: Embedding) -> str:
@@ -58,7 +58,7 @@ def describe(path: str | Path, model: str | None = None, single_file_config: str
 
 
 def _vocabulary_tables(model: str, single_file_config: str | None) -> dict:
-    from .model_loading import is_sdxl_model, load_sd_components
+    from tiforge.model.loading import is_sdxl_model, load_sd_components
 
     parts = load_sd_components(model, None, single_file_config, sdxl=is_sdxl_model(model, single_file_config))
     tables = {name: encoder.get_input_embeddings().weight.detach() for name, _, encoder in parts.text_encoders}

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .tokens import Placeholder, PlaceholderEmbedding, add_placeholder, install_placeholder_embedding
+from tiforge.model.placeholders import Placeholder, PlaceholderEmbedding, add_placeholder, install_placeholder_embedding
 
 
 def tokenize(tokenizers: list[Any], texts: list[str]) -> torch.Tensor:
@@ -77,8 +77,8 @@ class PromptEncoder(nn.Module):
     def vectors_of(self, embedding, label: str = "embedding") -> dict[str, torch.Tensor]:
         """An embedding file's vectors keyed by this model's encoders; refuses the other family's and
         other widths with InvokeAI's wording ("Cannot load embedding for <label>. ...")."""
-        from .embedding_files import EmbeddingFileError
-        from .tokens import check_width
+        from tiforge.embeddings.files import EmbeddingFileError
+        from tiforge.model.placeholders import check_width
 
         if embedding.is_sdxl != self.sdxl:
             have = "an SDXL embedding (clip_l + clip_g)" if embedding.is_sdxl else "an SD 1.x/2.x embedding"

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, get_args, get_origin
 
-from .config import (
+from tiforge.config.schema import (
     AdamWOptimizerConfig,
     ConfigError,
     ImageCaptionDirDatasetConfig,

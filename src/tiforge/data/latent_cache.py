@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write
-from .data import Crop, HFImage, TextualInversionDataset
+from tiforge.atomic import atomic_write
+from tiforge.data.dataset import Crop, HFImage, TextualInversionDataset
 
 log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
-    from .clip_tokenizer import cache_dir
+    from tiforge.model.clip_tokenizer import cache_dir
 
     return cache_dir() / "latents"
 

@@ -1,0 +1,1 @@
+"""Configuration: the typed schema, the other tools' command-line flags, loading and checking."""

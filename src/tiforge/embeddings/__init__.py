@@ -1,0 +1,1 @@
+"""Embedding files: every tool's layout, conversion, inspection, hub upload, generation."""

@@ -1,0 +1,281 @@
+"""The `tiforge` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from importlib import resources
+
+from tiforge.config.schema import ConfigError, dump_config, load_config
+
+
+def _example_config() -> str:
+    return (resources.files("tiforge") / "assets" / "example_config.yaml").read_text(encoding="utf-8")
+
+
+def _train_config(args):
+    """YAML file (optional), then --set overrides, then flags of any of the tools users come from."""
+    from tiforge.config.flags import apply_flag_overrides, flags_to_overrides
+    from tiforge.config.schema import apply_overrides, config_from_dict, read_config_file
+
+    data = read_config_file(args.config) if args.config else {}
+    data = apply_overrides(data, args.set)
+    data = apply_flag_overrides(data, flags_to_overrides(args.flags))
+    args.debug_dataset = bool(data.pop("debug_dataset", False))
+    return config_from_dict(data, args.config or "command line")
+
+
+def _cmd_dataset_check(args) -> int:
+    from tiforge.data.checks import report
+
+    print(report(_train_config(args), verbose_items=args.items))
+    return 0
+
+
+def _cmd_train(args) -> int:
+    config = _train_config(args)
+    if args.debug_dataset:  # kohya's --debug_dataset: show the data as trained, then stop
+        from tiforge.data.checks import report
+
+        print(report(config))
+        return 0
+    if args.print_config:
+        print(dump_config(config), end="")
+        return 0
+    from tiforge.training.recipe import train
+
+    if args.json:
+        import dataclasses
+        import json
+
+        def emit(info) -> None:
+            print(json.dumps({"event": "step", **dataclasses.asdict(info)}), flush=True)
+
+        result = train(config, progress=False, on_step=emit,
+                       on_event=lambda event: print(json.dumps(event), flush=True))
+        print(json.dumps({"event": "done", "embedding": str(result.embedding_path), "run_dir": str(result.run_dir),
+                          "steps": result.global_step, "loss": result.final_loss}), flush=True)
+        return 0
+    result = train(config, progress=not args.quiet)
+    print(f"embedding: {result.embedding_path}")
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def _cmd_config(args) -> int:
+    if args.example:
+        print(_example_config(), end="")
+        return 0
+    if args.check:
+        config = load_config(args.check, args.set)
+        print(f"{args.check}: OK")
+        if args.verbose:
+            print(dump_config(config), end="")
+        return 0
+    print("use `tiforge config --example` or `tiforge config --check FILE`", file=sys.stderr)
+    return 2
+
+
+def _cmd_ui(args) -> int:
+    from tiforge.frontends.console_ui import run_ui
+
+    run_ui()
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from tiforge.toy.demo import run_demo
+
+    run_demo(args.output_dir, steps=args.steps, progress=not args.quiet)
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from tiforge.embeddings.convert import convert
+
+    out = convert(args.input, args.output, args.to, token=args.token, precision=args.precision)
+    print(f"wrote {out} ({args.to} layout)")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from tiforge.embeddings.inspection import describe
+
+    print(describe(args.file, model=args.model, single_file_config=args.single_file_config))
+    return 0
+
+
+def _cmd_install(args) -> int:
+    from tiforge.embeddings.convert import install_for_invokeai
+
+    print(f"installed {install_for_invokeai(args.file, args.root, args.trigger)}")
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from tiforge.embeddings.generate import generate_images
+
+    paths = generate_images(
+        model=args.model, embeddings=args.embedding, tokens=args.token, prompt=args.prompt,
+        negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
+        width=args.width, height=args.height, count=args.count, out_dir=args.out,
+        single_file_config=args.single_file_config, hf_variant=args.hf_variant,
+    )
+    for p in paths:
+        print(p)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tiforge", description="Textual Inversion training for Stable Diffusion.")
+    parser.add_argument("--version", action="version", version=f"tiforge {__import__('tiforge').__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "train", help="train an embedding from a YAML config and/or flags",
+        epilog="Every config field is also a flag (--max_train_steps 3000, --resolution 512, ...), and so are the "
+               "flags of the diffusers example (--pretrained_model_name_or_path, --train_data_dir, "
+               "--learnable_property, --checkpointing_steps, --validation_prompt, ...), invokeai-ti (--model, "
+               "--root, ...) and kohya-ss (--token_string, --init_word, --num_vectors_per_token, --weights, "
+               "--use_object_template, --save_model_as, --cache_latents, --xformers, --no_half_vae, ...). "
+               "--sdxl trains SDXL (type: SDXL_TEXTUAL_INVERSION).",
+    )
+    # The optional YAML path right after `train` is taken off in main(): argparse would mistake
+    # the values of other tools' flags for it.
+    p.usage = "tiforge train [CONFIG.yaml] [--set KEY=VALUE ...] [--print-config] [-q] [--FLAG VALUE ...]"
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, dotted for nested ones (e.g. optimizer.learning_rate=1e-3)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="one JSON object per step on stdout (for scripts), no bars")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("dataset", help="training data tools")
+    dataset_sub = p.add_subparsers(dest="dataset_command", required=True)
+    p = dataset_sub.add_parser(
+        "check", help="check the training data of a config (or flags) before training: every file, caption and token",
+        usage="tiforge dataset check [CONFIG.yaml] [--set KEY=VALUE ...] [--items N] [--FLAG VALUE ...]",
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--items", type=int, default=None, help="show at most N items in detail (default: all)")
+    p.set_defaults(func=_cmd_dataset_check)
+
+    p = sub.add_parser("config", help="print a documented example config, or check one")
+    p.add_argument("--example", action="store_true", help="print a documented starting config")
+    p.add_argument("--check", metavar="FILE", help="validate a config file without training")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-v", "--verbose", action="store_true", help="with --check, print the resolved config")
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("convert", help="rewrite an embedding in another tool's layout (vectors unchanged)")
+    p.add_argument("input")
+    p.add_argument("output", help="the container follows the extension: .safetensors, .bin, .pt, .ckpt, .png (a1111)")
+    p.add_argument("--to", required=True, choices=["diffusers", "a1111", "kohya"],
+                   help="diffusers {token: tensor}; a1111 string_to_param; kohya emb_params (SDXL: clip_l/clip_g)")
+    p.add_argument("--token", help="the trigger to store (default: the input's trigger)")
+    p.add_argument("--precision", choices=["float32", "float16", "bfloat16"], help="default: keep the input's")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("inspect", help="show what an embedding file holds and which models it fits")
+    p.add_argument("file")
+    p.add_argument("--model", help="compare with this model's vocabulary (norms, nearest tokens)")
+    p.add_argument("--single-file-config", help="local diffusers folder for a single-file --model offline")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("install", help="install an embedding into InvokeAI's <root>/embeddings/<trigger>/")
+    p.add_argument("file")
+    p.add_argument("--root", required=True, help="the InvokeAI root folder (e.g. ~/invokeai)")
+    p.add_argument("--trigger", help="default: the embedding's trigger")
+    p.set_defaults(func=_cmd_install)
+
+    p = sub.add_parser("generate", help="generate pictures with one or more embeddings loaded")
+    p.add_argument("--model", required=True, help="hub id, diffusers folder or single .safetensors/.ckpt file")
+    p.add_argument("--embedding", action="append", required=True, help="an embedding file; repeat for several")
+    p.add_argument("--token", action="append", help="trigger for each --embedding, in order (default: its own)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--out", default="tiforge-images", help="output folder")
+    p.add_argument("--single-file-config")
+    p.add_argument("--hf-variant")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("ui", help="keyboard-driven console front end (like invokeai-ti --gui)")
+    p.set_defaults(func=_cmd_ui)
+
+    p = sub.add_parser("demo", help="teach the built-in toy model a new word from 6 pictures and judge the result (offline)")
+    p.add_argument("--output-dir", default="tiforge-demo", help="where the run folder goes (default: ./tiforge-demo)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _quiet_library_progress() -> None:
+    """Model-loading bars of diffusers and transformers repeat on every load; tiforge shows its own."""
+    try:
+        import diffusers.utils.logging as dlog
+        import transformers.utils.logging as tlog
+
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Library chatter (optional-dependency notices, deprecation hints) drowns tiforge's own messages.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_library_progress()
+    config_path = None
+    head = 2 if argv[:2] == ["dataset", "check"] else 1 if argv[:1] == ["train"] else 0
+    if head and len(argv) > head and not argv[head].startswith("-"):
+        # The YAML file comes right after `train`; later bare words are values of other tools' flags.
+        config_path = argv.pop(head)
+    args, extra = parser.parse_known_args(argv)
+    if head:
+        args.config, args.flags = config_path, extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "huggingface_hub", "diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    from tiforge.training.checkpoints import CheckpointError
+    from tiforge.data.dataset import DatasetError
+    from tiforge.embeddings.files import EmbeddingFileError
+    from tiforge.embeddings.hub import HubUploadError
+    from tiforge.training.interrupts import TrainingStopped
+    from tiforge.model.loading import ModelLoadError
+    from tiforge.training.run_folders import OutputError
+    from tiforge.model.placeholders import TokenError
+
+    try:
+        return args.func(args)
+    except HubUploadError as err:
+        print(f"tiforge: error: {err}", file=sys.stderr)
+        return 1
+    except TrainingStopped as err:
+        config = getattr(args, "config", None)
+        print(f"tiforge: {str(err).replace('CONFIG', config or 'CONFIG')}", file=sys.stderr)
+        return err.exit_code
+    except (ConfigError, DatasetError, EmbeddingFileError, ModelLoadError, TokenError, CheckpointError,
+            OutputError) as err:
+        print(f"tiforge: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tiforge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

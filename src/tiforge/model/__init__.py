@@ -1,0 +1,1 @@
+"""The frozen model: loading, placeholder tokens, text conditioning, the denoising loss."""

@@ -1,0 +1,1 @@
+"""The training recipe and what it needs: checkpoints, interrupts, run folders, validation."""
