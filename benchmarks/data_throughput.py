@@ -75,8 +75,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from tiforge.model.clip_tokenizer import load_clip_tokenizer
-    from tiforge.config.schema import TextualInversionSDDataLoaderConfig
-    from tiforge.data.dataset import Captioner, TextualInversionDataset
+    from tiforge.config.data_schema import TextualInversionSDDataLoaderConfig
+    from tiforge.data.dataset import TextualInversionDataset
+    from tiforge.data.captions import Captioner
     from tiforge.data.sources import find_records
     from tiforge.data.checks import scan_records
     from tiforge.data.latent_cache import cache_vae_outputs

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from tiforge.config.schema import config_from_dict
+from tiforge.config.loading import config_from_dict
 from tiforge.embeddings.files import load_embedding
 from tiforge.model.loss import denoising_loss
 from tiforge.model.loading import load_sd_components

@@ -86,7 +86,8 @@ def worker(size: str, steps: int) -> dict:
 
     import tiforge.training.recipe as train_module
     from _models import model_dir
-    from tiforge.config.schema import config_from_dict
+    from tiforge.config.loading import config_from_dict
+    from tiforge.training.events import on_steps
     from tiforge.training.recipe import train
 
     model = str(model_dir(size))
@@ -121,7 +122,7 @@ def worker(size: str, steps: int) -> dict:
         trainer_times.append(info.seconds)
         bare_times.append(state["bare"]())
 
-    train(cfg, progress=False, on_step=on_step)
+    train(cfg, progress=False, listener=on_steps(on_step))
     step, bare = statistics.median(trainer_times), statistics.median(bare_times)
     return {"size": size, "resolution": res, "device": device.type, "steps": steps, "step_s": step, "bare_s": bare,
             "ratio": step / bare, "peak_gib": state["peak"]}

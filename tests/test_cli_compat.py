@@ -154,7 +154,8 @@ def test_flags_that_mean_nothing_are_refused_with_what_to_use(flag, message, tin
 
 def test_every_config_field_is_a_flag(capsys, tmp_path):
     from tiforge.config.flags import known_flag_names
-    from tiforge.config.schema import SdTextualInversionConfig, TextualInversionSDDataLoaderConfig
+    from tiforge.config.schema import SdTextualInversionConfig
+    from tiforge.config.data_schema import TextualInversionSDDataLoaderConfig
 
     names = set(known_flag_names())
     for model, skip in ((SdTextualInversionConfig, {"type", "data_loader", "optimizer"}),

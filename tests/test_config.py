@@ -4,7 +4,8 @@ import pytest
 import yaml
 
 from tiforge.frontends.cli import _example_config, main
-from tiforge.config.schema import ConfigError, apply_overrides, config_from_dict, load_config
+from tiforge.config.schema import ConfigError
+from tiforge.config.loading import apply_overrides, config_from_dict, load_config
 
 from conftest import base_config
 

@@ -2,16 +2,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tiforge.config.schema import TextualInversionSDDataLoaderConfig
-from tiforge.data.dataset import (
-    Captioner,
-    DatasetError,
-    TextualInversionDataset,
-    collate,
-    find_records,
-    load_image,
-    resize_and_crop,
-)
+from tiforge.config.data_schema import TextualInversionSDDataLoaderConfig
+from tiforge.data.dataset import TextualInversionDataset, collate
+from tiforge.data.sources import find_records
+from tiforge.data.sources import DatasetError
+from tiforge.data.images import load_image, resize_and_crop
+from tiforge.data.captions import Captioner
 from tiforge.data.templates import OBJECT_TEMPLATES, STYLE_TEMPLATES
 from tiforge.model.placeholders import Placeholder
 

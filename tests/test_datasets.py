@@ -13,12 +13,16 @@ from safetensors.torch import load_file
 import tiforge.training.recipe as train_module
 from tiforge.model.clip_tokenizer import load_clip_tokenizer
 from tiforge.frontends.cli import main
-from tiforge.config.schema import TextualInversionSDDataLoaderConfig, config_from_dict
-from tiforge.data.dataset import Captioner, DatasetError, TextualInversionDataset, collate, make_dataloader
+from tiforge.config.data_schema import TextualInversionSDDataLoaderConfig
+from tiforge.config.loading import config_from_dict
+from tiforge.data.dataset import TextualInversionDataset, collate, make_dataloader
+from tiforge.data.sources import DatasetError
+from tiforge.data.captions import Captioner
 from tiforge.data.sources import find_records
 from tiforge.data.checks import scan_records
 from tiforge.model.loss import denoising_loss
 from tiforge.model.placeholders import Placeholder
+from tiforge.training.events import on_steps
 from tiforge.training.recipe import train
 
 from conftest import SDXL, base_config, make_images
@@ -324,7 +328,7 @@ def test_a_file_that_breaks_mid_run_does_not_end_it(tiny_sd1, tmp_path):
         if info.step == 1:
             (folder / "img_2.png").write_bytes(b"not a picture any more")
 
-    result = train(config_from_dict(cfg), progress=False, on_step=break_a_file)
+    result = train(config_from_dict(cfg), progress=False, listener=on_steps(break_a_file))
     assert result.global_step == 4
     assert "img_2.png: unreadable during training" in (result.run_dir / "train.log").read_text()
 
@@ -351,7 +355,7 @@ def test_collate_stacks_masks_and_sizes(tmp_path):
 
 def test_bucket_sizes_and_no_upscale():
     from tiforge.data.buckets import bucket_sizes, choose_bucket
-    from tiforge.config.schema import AspectRatioBucketConfig
+    from tiforge.config.data_schema import AspectRatioBucketConfig
 
     cfg = AspectRatioBucketConfig(target_resolution=512, start_dim=256, end_dim=1024, divisible_by=64)
     sizes = bucket_sizes(cfg)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
-from tiforge.config.schema import config_from_dict
+from tiforge.config.loading import config_from_dict
 from tiforge.embeddings.files import load_embedding
 from tiforge.model.loading import load_sd_components
 from tiforge.model.text_conditioning import PromptEncoder

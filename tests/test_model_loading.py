@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from tiforge.config.schema import config_from_dict
+from tiforge.config.loading import config_from_dict
 from tiforge.model.single_file_export import save_single_file
 from tiforge.model.loading import ModelLoadError, load_sd_components
 from tiforge.training.recipe import train

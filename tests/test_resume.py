@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import tiforge.training.recipe as train_module
 from tiforge.training.checkpoints import CheckpointError, find_checkpoint
-from tiforge.config.schema import config_from_dict
+from tiforge.config.loading import config_from_dict
 from tiforge.embeddings.files import load_embedding
 from tiforge.training.interrupts import TrainingStopped
 from tiforge.training.run_folders import OutputError, check_output_space
@@ -148,7 +148,7 @@ def test_an_update_that_overflows_is_undone(tiny_sd1, image_dir, tmp_path, monke
     def build(config, params, lr):
         return Overflowing(params, lr=lr)
 
-    monkeypatch.setattr(train_module, "_build_optimizer", build)
+    monkeypatch.setattr(train_module, "build_optimizer", build)
     cfg = base_config(tiny_sd1, image_dir, tmp_path / "out", max_train_steps=3, save_every_n_steps=1)
     result = train(config_from_dict(cfg), progress=False)
     assert torch.isfinite(load_embedding(result.embedding_path).single).all()

@@ -12,7 +12,8 @@ from diffusers import StableDiffusionXLPipeline
 
 import tiforge.training.recipe as train_module
 from tiforge.frontends.cli import main
-from tiforge.config.schema import ConfigError, config_from_dict
+from tiforge.config.schema import ConfigError
+from tiforge.config.loading import config_from_dict
 from tiforge.embeddings.files import EmbeddingFileError, load_embedding
 from tiforge.model.single_file_export import save_single_file
 from tiforge.model.loading import ModelLoadError, load_sd_components

@@ -4,7 +4,7 @@ majority after training."""
 
 import pytest
 
-from tiforge.config.schema import config_from_dict
+from tiforge.config.loading import config_from_dict
 from tiforge.embeddings.files import save_embedding
 from tiforge.model.loading import load_sd_components
 from tiforge.toy.model import evaluate_prompts, hit_rate, pipeline_with_embedding, toy_model_dir, write_concept_images

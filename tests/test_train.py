@@ -9,8 +9,9 @@ from safetensors.torch import load_file
 
 import tiforge.training.recipe as train_module
 from tiforge.frontends.cli import main
-from tiforge.config.schema import ConfigError, config_from_dict
-from tiforge.data.dataset import DatasetError
+from tiforge.config.schema import ConfigError
+from tiforge.config.loading import config_from_dict
+from tiforge.data.sources import DatasetError
 from tiforge.embeddings.files import EmbeddingFileError
 from tiforge.training.recipe import train
 

@@ -13,13 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, get_args, get_origin
 
-from tiforge.config.schema import (
-    AdamWOptimizerConfig,
-    ConfigError,
-    ImageCaptionDirDatasetConfig,
-    SdxlTextualInversionConfig,
-    TextualInversionSDDataLoaderConfig,
-)
+from tiforge.config.schema import AdamWOptimizerConfig, ConfigError, SdxlTextualInversionConfig
+from tiforge.config.data_schema import ImageCaptionDirDatasetConfig, TextualInversionSDDataLoaderConfig
 
 log = logging.getLogger("tiforge")
 

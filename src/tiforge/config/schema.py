@@ -7,12 +7,11 @@ once with the field path at fault.
 
 from __future__ import annotations
 
-import difflib
-from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from tiforge.config.data_schema import StrictModel, TextualInversionSDDataLoaderConfig
 
 LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
 ReportTo = Literal[
@@ -20,151 +19,16 @@ ReportTo = Literal[
 ]
 
 
-class _Strict(BaseModel):
-    # Unknown keys are refused: a misspelt option silently ignored costs a user hours of training.
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
+class ConfigError(ValueError):
+    """A config a user must fix; the message lists every problem with its field path."""
 
-# ----------------------------------------------------------------------------------------- data
-
-
-class ImageDirDatasetConfig(_Strict):
-    """A folder of images; captions come from `caption_preset` / `caption_templates`."""
-
-    type: Literal["IMAGE_DIR_DATASET"] = "IMAGE_DIR_DATASET"
-    dataset_dir: str
-    keep_in_memory: bool = False
-
-
-class ImageCaptionDirDatasetConfig(_Strict):
-    """A folder of images, each with a same-name `.txt` caption file. Subfolders named
-    `<repeats>_<name>` (kohya's layout) are read too, each image repeated that many times per epoch."""
-
-    type: Literal["IMAGE_CAPTION_DIR_DATASET"] = "IMAGE_CAPTION_DIR_DATASET"
-    dataset_dir: str
-    keep_in_memory: bool = False
-    caption_extension: str = ".txt"
-
-
-class ImageCaptionJsonlDatasetConfig(_Strict):
-    """A JSONL file, one `{"image": path, "text": caption, "mask": path}` object per line; relative
-    paths are relative to the file."""
-
-    type: Literal["IMAGE_CAPTION_JSONL_DATASET"] = "IMAGE_CAPTION_JSONL_DATASET"
-    jsonl_path: str
-    image_column: str = "image"
-    caption_column: str = "text"
-    mask_column: str = "mask"
-    keep_in_memory: bool = False
-
-
-class HFHubImageCaptionDatasetConfig(_Strict):
-    """A Hugging Face `datasets` dataset: a hub name (online), a folder saved with `save_to_disk`, or
-    an image folder with metadata (the `imagefolder` builder)."""
-
-    type: Literal["HF_HUB_IMAGE_CAPTION_DATASET"] = "HF_HUB_IMAGE_CAPTION_DATASET"
-    dataset_name: str
-    dataset_config_name: str | None = None
-    hf_cache_dir: str | None = None
-    image_column: str = "image"
-    caption_column: str = "text"
-    mask_column: str | None = None
-    split: str = "train"
-
-
-class KohyaDatasetConfig(_Strict):
-    """A kohya-ss sd-scripts dataset `.toml` (`--dataset_config`): datasets, subsets and their options."""
-
-    type: Literal["KOHYA_DATASET_CONFIG"] = "KOHYA_DATASET_CONFIG"
-    config_path: str
-
-
-DatasetConfig = Annotated[
-    Union[ImageDirDatasetConfig, ImageCaptionDirDatasetConfig, ImageCaptionJsonlDatasetConfig,
-          HFHubImageCaptionDatasetConfig, KohyaDatasetConfig],
-    Field(discriminator="type"),
-]
-
-
-class AspectRatioBucketConfig(_Strict):
-    """Buckets of about target_resolution^2 pixels: one side runs from start_dim to end_dim in steps of
-    divisible_by, the other follows from the area (invoke-training's form of kohya's enable_bucket)."""
-
-    target_resolution: int = Field(gt=0)
-    start_dim: int = Field(gt=0)
-    end_dim: int = Field(gt=0)
-    divisible_by: int = Field(64, gt=0)
-    no_upscale: bool = False
-    """kohya's bucket_no_upscale: a small image gets a bucket of its own size instead of being enlarged."""
-
-    @model_validator(mode="after")
-    def _sane(self) -> "AspectRatioBucketConfig":
-        if self.start_dim > self.end_dim:
-            raise ValueError(f"start_dim {self.start_dim} is larger than end_dim {self.end_dim}")
-        if self.divisible_by % 8:
-            raise ValueError(f"divisible_by must be a multiple of 8 (the VAE downsamples by 8), got {self.divisible_by}")
-        return self
-
-
-class TextualInversionSDDataLoaderConfig(_Strict):
-    type: Literal["TEXTUAL_INVERSION_SD_DATA_LOADER"] = "TEXTUAL_INVERSION_SD_DATA_LOADER"
-    dataset: DatasetConfig
-    caption_preset: Literal["object", "style"] | None = None
-    caption_templates: list[str] | None = None
-    keep_original_captions: bool = False
-    aspect_ratio_buckets: AspectRatioBucketConfig | None = None
-    resolution: int | tuple[int, int] = 512
-    center_crop: bool = True
-    random_flip: bool = False
-    shuffle_caption_delimiter: str | None = None
-    dataloader_num_workers: int | None = Field(None, ge=0)
-    """Worker processes that decode pictures beside training; null = automatic: none when latents
-    are cached (nothing to decode), else up to 4, leaving a core for the training loop."""
-    caption_templates_file: str | None = None
-    """An A1111 template file: one template per line, `[name]` for the placeholder and `[filewords]`
-    for the image's own caption (or its file name's words)."""
-    keep_tokens: int = Field(0, ge=0)
-    """kohya: with shuffling or tag dropout, the first keep_tokens comma-separated tags stay in place."""
-    caption_dropout_rate: float = Field(0.0, ge=0, le=1)
-    caption_tag_dropout_rate: float = Field(0.0, ge=0, le=1)
-    color_aug: bool = False
-    """kohya: small random hue shifts (not with cache_vae_outputs)."""
-    on_bad_image: Literal["skip", "stop"] = "skip"
-    """Unreadable, empty or mismatched files: train without them (and say which), or stop before training."""
-
-    @field_validator("caption_templates")
-    @classmethod
-    def _one_slot_per_template(cls, templates: list[str] | None) -> list[str] | None:
-        if templates is not None:
-            if not templates:
-                raise ValueError("caption_templates is empty; give at least one template such as 'a photo of a {}'")
-            bad = [t for t in templates if t.count("{}") != 1]
-            if bad:
-                raise ValueError(f"each caption template needs exactly one '{{}}' slot for the placeholder; fix: {bad}")
-        return templates
-
-    @field_validator("resolution")
-    @classmethod
-    def _multiple_of_8(cls, res: int | tuple[int, int]) -> int | tuple[int, int]:
-        sizes = (res, res) if isinstance(res, int) else res
-        if any(s <= 0 or s % 8 for s in sizes):
-            raise ValueError(f"resolution must be positive and a multiple of 8 (the VAE downsamples by 8), got {res}")
-        return res
-
-    @property
-    def uses_templates(self) -> bool:
-        """Captions come from templates (a preset, a list, or an A1111 file), not only from the data."""
-        return any(v is not None for v in (self.caption_preset, self.caption_templates, self.caption_templates_file))
-
-    @property
-    def height_width(self) -> tuple[int, int]:
-        return (self.resolution, self.resolution) if isinstance(self.resolution, int) else tuple(self.resolution)
 
 
 # ------------------------------------------------------------------------------------ optimizer
 
 
-class AdamWOptimizerConfig(_Strict):
+class AdamWOptimizerConfig(StrictModel):
     # AdamW8bit (kohya's name) uses bitsandbytes on a CUDA GPU, and plain AdamW elsewhere.
     optimizer_type: Literal["AdamW", "AdamW8bit"] = "AdamW"
     learning_rate: float = Field(1e-3, gt=0)
@@ -174,7 +38,7 @@ class AdamWOptimizerConfig(_Strict):
     epsilon: float = Field(1e-8, gt=0)
 
 
-class ProdigyOptimizerConfig(_Strict):
+class ProdigyOptimizerConfig(StrictModel):
     optimizer_type: Literal["Prodigy"]
     learning_rate: float = Field(1.0, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -188,7 +52,7 @@ OptimizerConfig = Annotated[Union[AdamWOptimizerConfig, ProdigyOptimizerConfig],
 # --------------------------------------------------------------------------------------- config
 
 
-class SdTextualInversionConfig(_Strict):
+class SdTextualInversionConfig(StrictModel):
     # invoke-training has used both spellings over its releases; both mean the same pipeline.
     type: Literal["SD_TEXTUAL_INVERSION", "TEXTUAL_INVERSION_SD"] = "SD_TEXTUAL_INVERSION"
 
@@ -412,111 +276,3 @@ def config_class(pipeline_type: Any) -> type[SdTextualInversionConfig]:
 
 
 # Where users coming from other tools usually put these keys, for "did you mean" hints.
-_MOVED_KEYS = {
-    "learning_rate": "optimizer.learning_rate",
-    "resolution": "data_loader.resolution",
-    "center_crop": "data_loader.center_crop",
-    "random_flip": "data_loader.random_flip",
-    "caption_preset": "data_loader.caption_preset",
-    "learnable_property": "data_loader.caption_preset",
-    "dataset_dir": "data_loader.dataset.dataset_dir",
-    "train_data_dir": "data_loader.dataset.dataset_dir",
-    "optimizer_type": "optimizer.optimizer_type",
-    "pretrained_model_name_or_path": "model",
-    "output_dir": "base_output_dir",
-}
-
-
-class ConfigError(ValueError):
-    """A config a user must fix; the message lists every problem with its field path."""
-
-
-_SDXL_ONLY = set(SdxlTextualInversionConfig.model_fields) - set(SdTextualInversionConfig.model_fields)
-
-
-def _hint(path: tuple[Any, ...]) -> str:
-    name = str(path[-1]) if path else ""
-    if name in _SDXL_ONLY:
-        return " (it applies to SDXL only: set type: SDXL_TEXTUAL_INVERSION, or --sdxl on the command line)"
-    if name in _MOVED_KEYS:
-        return f" (did you mean {_MOVED_KEYS[name]}?)"
-    known = set(SdxlTextualInversionConfig.model_fields) | set(TextualInversionSDDataLoaderConfig.model_fields)
-    close = difflib.get_close_matches(name, sorted(known), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-def format_validation_error(err: ValidationError, source: str) -> str:
-    lines: list[str] = []
-    for e in err.errors():
-        # Union members add their class name to the path; users only know the YAML keys.
-        path = tuple(p for p in e["loc"] if not (isinstance(p, str) and (p[:1].isupper() or p.startswith("function-"))))
-        where = ".".join(str(p) for p in path)
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  - {where}: unknown field{_hint(path)}")
-        elif e["type"] == "value_error" and not path:
-            for msg in str(e["ctx"]["error"]).splitlines():
-                lines.append(f"  - {msg}")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            got = e.get("input")
-            quiet = e["type"] in ("missing", "value_error") or isinstance(got, dict)
-            lines.append(f"  - {where}: {msg}{'' if quiet else f' (got {got!r})'}")
-    return "\n".join([f"{source}: the config has {len(lines)} problem(s):", *lines])
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set optimizer.learning_rate=5e-4")
-    key, _, raw = item.partition("=")
-    value = yaml.safe_load(raw) if raw.strip() else None
-    if isinstance(value, str):
-        # YAML 1.1 reads "5e-4" (no dot) as a string; users mean a number.
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    return key.strip().split("."), value
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    for item in overrides:
-        keys, value = parse_override(item)
-        node = data
-        for k in keys[:-1]:
-            if not isinstance(node.get(k), dict):
-                node[k] = {}
-            node = node[k]
-        node[keys[-1]] = value
-    return data
-
-
-def config_from_dict(data: dict, source: str = "config") -> TrainingConfig:
-    try:
-        cls = config_class(data.get("type"))
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
-    try:
-        return cls.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
-
-
-def read_config_file(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config fields at the top level")
-    return data
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainingConfig:
-    return config_from_dict(apply_overrides(read_config_file(path), overrides or []), str(path))
-
-
-def dump_config(config: TrainingConfig) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

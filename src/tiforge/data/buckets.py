@@ -5,7 +5,7 @@ images of one bucket (so they stack), as kohya's `enable_bucket` and invoke-trai
 
 from __future__ import annotations
 
-from tiforge.config.schema import AspectRatioBucketConfig
+from tiforge.config.data_schema import AspectRatioBucketConfig
 
 
 def bucket_sizes(cfg: AspectRatioBucketConfig) -> list[tuple[int, int]]:

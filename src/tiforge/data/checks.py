@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tiforge.data.dataset import has_alpha, load_mask, open_image
+from tiforge.data.images import has_alpha, load_mask, open_image
 from tiforge.data.sources import DatasetError, HFImage, Record
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,8 @@ def report(config, verbose_items: int | None = None) -> str:
     """What `tiforge dataset check` prints: per item the caption as trained, its token ids and length,
     then counts, sizes, buckets, repeats and steps per epoch, then every problem."""
     from tiforge.model.clip_tokenizer import load_clip_tokenizer
-    from tiforge.data.dataset import Captioner, TextualInversionDataset, check_captions_hold_placeholder, item_rng
+    from tiforge.data.dataset import TextualInversionDataset, item_rng
+    from tiforge.data.captions import Captioner, check_captions_hold_placeholder
     from tiforge.data.sources import apply_kohya_dataset_settings, find_records
     from tiforge.model.placeholders import add_placeholder
 

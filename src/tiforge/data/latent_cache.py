@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 from tiforge.atomic import atomic_write
-from tiforge.data.dataset import Crop, HFImage, TextualInversionDataset
+from tiforge.data.dataset import TextualInversionDataset
+from tiforge.data.sources import HFImage
+from tiforge.data.images import Crop
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +114,20 @@ def cache_vae_outputs(dataset: TextualInversionDataset, vae, device, dtype, prog
     if folder is not None:
         log.info("latent cache %s: %d encoded, %d reused", folder, stats["encoded"], stats["from_disk"])
     return stats
+
+
+def check_cacheable(config, records) -> None:
+    """Cached latents are only exact when every augmentation is fixed. kohya sets augmentations per
+    subset, so this is only known once the data is read."""
+    from tiforge.data.sources import DatasetError
+
+    if not config.cache_vae_outputs:
+        return
+    random = sorted({str(getattr(r.image, "parent", r.name)) for r in records
+                     if r.options.flip or r.options.random_crop or r.options.color_aug})
+    if random:
+        raise DatasetError(
+            "cache_vae_outputs: cannot cache VAE outputs of images with a random augmentation (flip_aug, random_crop "
+            f"or color_aug) in {', '.join(random[:5])}; every epoch would need new latents. Turn them off there "
+            "or set cache_vae_outputs: false"
+        )

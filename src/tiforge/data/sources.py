@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tiforge.config.schema import TextualInversionSDDataLoaderConfig
+from tiforge.config.data_schema import TextualInversionSDDataLoaderConfig
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ def apply_kohya_dataset_settings(config):
         update["train_batch_size"] = first.batch_size
     if first.enable_bucket:
         h, w = first.resolution or dl.height_width
-        from tiforge.config.schema import AspectRatioBucketConfig
+        from tiforge.config.data_schema import AspectRatioBucketConfig
 
         dl_update["aspect_ratio_buckets"] = AspectRatioBucketConfig(
             target_resolution=int((h * w) ** 0.5), start_dim=first.min_bucket_reso, end_dim=first.max_bucket_reso,

@@ -8,7 +8,8 @@ import os
 import sys
 from importlib import resources
 
-from tiforge.config.schema import ConfigError, dump_config, load_config
+from tiforge.config.schema import ConfigError
+from tiforge.config.loading import dump_config, load_config
 
 
 def _example_config() -> str:
@@ -18,7 +19,7 @@ def _example_config() -> str:
 def _train_config(args):
     """YAML file (optional), then --set overrides, then flags of any of the tools users come from."""
     from tiforge.config.flags import apply_flag_overrides, flags_to_overrides
-    from tiforge.config.schema import apply_overrides, config_from_dict, read_config_file
+    from tiforge.config.loading import apply_overrides, config_from_dict, read_config_file
 
     data = read_config_file(args.config) if args.config else {}
     data = apply_overrides(data, args.set)
@@ -47,16 +48,11 @@ def _cmd_train(args) -> int:
     from tiforge.training.recipe import train
 
     if args.json:
-        import dataclasses
         import json
 
-        def emit(info) -> None:
-            print(json.dumps({"event": "step", **dataclasses.asdict(info)}), flush=True)
+        from tiforge.training.events import as_json
 
-        result = train(config, progress=False, on_step=emit,
-                       on_event=lambda event: print(json.dumps(event), flush=True))
-        print(json.dumps({"event": "done", "embedding": str(result.embedding_path), "run_dir": str(result.run_dir),
-                          "steps": result.global_step, "loss": result.final_loss}), flush=True)
+        train(config, progress=False, listener=lambda event: print(json.dumps(as_json(event)), flush=True))
         return 0
     result = train(config, progress=not args.quiet)
     print(f"embedding: {result.embedding_path}")
@@ -251,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "urllib3", "huggingface_hub", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from tiforge.training.checkpoints import CheckpointError
-    from tiforge.data.dataset import DatasetError
+    from tiforge.data.sources import DatasetError
     from tiforge.embeddings.files import EmbeddingFileError
     from tiforge.embeddings.hub import HubUploadError
     from tiforge.training.interrupts import TrainingStopped

@@ -21,7 +21,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, Checkbox, Collapsible, Footer, Header, Input, Label, Select, Sparkline, Static
 
-from tiforge.config.schema import ConfigError, config_from_dict
+from tiforge.config.schema import ConfigError
+from tiforge.config.loading import config_from_dict
 
 SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
 
@@ -301,7 +302,7 @@ class TrainerUI(App):
             self.notify("fix the form first", severity="error")
             return
         from tiforge.atomic import atomic_write_text
-        from tiforge.config.schema import dump_config
+        from tiforge.config.loading import dump_config
 
         out = Path(config.base_output_dir).expanduser()
         path = atomic_write_text(out / f"{config.placeholder_token.strip('<>') or 'config'}.yaml", dump_config(config))
@@ -340,14 +341,19 @@ class TrainerUI(App):
         from tiforge.training.recipe import train
 
         try:
-            self.result = train(config, progress=False, stop_event=self.stop_event,
-                                on_step=lambda info: self.call_from_thread(self._show_step, info))
+            self.result = train(config, progress=False, stop_event=self.stop_event, listener=self._hear)
             self.call_from_thread(self._finish, "finished", f"done: {self.result.embedding_path}")
         except TrainingStopped as err:
             self.call_from_thread(self._finish, "stopped", str(err))
         except Exception as err:  # shown in the UI; the form stays for another try
             self.last_error = f"{type(err).__name__}: {err}"
             self.call_from_thread(self._finish, "failed", f"training failed: {self.last_error}")
+
+    def _hear(self, event) -> None:
+        from tiforge.training.events import Step
+
+        if isinstance(event, Step):
+            self.call_from_thread(self._show_step, event)
 
     def _show_step(self, info) -> None:
         self.losses.append(info.loss)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from tiforge.config.schema import config_from_dict
+from tiforge.config.loading import config_from_dict
 from tiforge.embeddings.files import save_embedding
 from tiforge.toy.model import hit_rate, load_toy_pipeline, pipeline_with_embedding, toy_model_dir
 from tiforge.training.recipe import TrainResult, train

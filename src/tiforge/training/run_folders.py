@@ -65,3 +65,17 @@ def estimate_output_bytes(config, num_vectors: int, dim: int, max_steps: int, up
     validations = (max_steps // val_every if val_every else 0) + 1
     per_validation = len(config.validation_prompts) * config.num_validation_images_per_prompt * image * 2
     return checkpoint * count + vectors + validations * per_validation + 16 * 2**20
+
+
+def log_to_run_dir(run_dir: Path) -> None:
+    """The run's log goes to <run folder>/train.log, and only this run's."""
+    import logging
+
+    logger = logging.getLogger("tiforge")
+    for old in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+        logger.removeHandler(old)  # an earlier run's log in this process
+        old.close()
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)

@@ -1,0 +1,96 @@
+"""Captions as trained: templates (presets, lists, A1111 files), the data's own captions, kohya's tag
+shuffling and dropout, prefixes and suffixes; then the placeholder expanded into its vectors' tokens."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from tiforge.config.data_schema import TextualInversionSDDataLoaderConfig
+from tiforge.data.sources import DatasetError, Record, default_options
+from tiforge.data.templates import PRESETS, read_a1111_templates
+from tiforge.model.placeholders import Placeholder
+
+log = logging.getLogger(__name__)
+
+
+def check_captions_hold_placeholder(records: list[Record], placeholder: str, uses_templates: bool) -> list[str]:
+    """Names the caption files that never mention the placeholder (they teach it nothing).
+
+    Returns the offending file names (a warning); raises when no caption mentions it at all.
+    """
+    if uses_templates:
+        return []
+    without = [r.name for r in records if placeholder not in (r.caption or "")]
+    if len(without) == len(records):
+        raise DatasetError(
+            f"none of the {len(records)} captions contains the placeholder {placeholder!r}, so training would "
+            f"teach it nothing (e.g. {', '.join(without[:5])}). Add {placeholder!r} to the captions, or set "
+            "data_loader.caption_preset (object/style) with keep_original_captions: true"
+        )
+    if without:
+        log.warning(
+            "%d of %d captions do not contain the placeholder %r and will not train it: %s",
+            len(without), len(records), placeholder, ", ".join(without[:10]),
+        )
+    return without
+
+
+class Captioner:
+    """Builds the caption a record is trained with, then expands the placeholder into its vectors."""
+
+    def __init__(self, dl: TextualInversionSDDataLoaderConfig, placeholder: Placeholder):
+        if dl.caption_templates_file:
+            self.templates = read_a1111_templates(dl.caption_templates_file)
+        else:
+            self.templates = PRESETS[dl.caption_preset] if dl.caption_preset else dl.caption_templates
+        self.keep_original = dl.keep_original_captions
+        self.options = default_options(dl)  # for callers without a record; records carry their own
+        self.placeholder = placeholder
+
+    def __call__(self, original: str | None, rng: torch.Generator | None = None, record: Record | None = None) -> str:
+        options = record.options if record is not None else self.options
+        caption = _tags(original, options, rng) if original else ""
+        if options.caption_dropout_rate and _chance(rng) < options.caption_dropout_rate:
+            caption = ""
+        if self.templates:
+            template = self.templates[int(torch.randint(len(self.templates), (), generator=rng).item())]
+            if "[name]" in template or "[filewords]" in template:  # an A1111 template line
+                words = original if original is not None else _file_words(record)
+                return self.placeholder.expand(
+                    template.replace("[name]", self.placeholder.token).replace("[filewords]", words or "")
+                )
+            prefix = template.format(self.placeholder.token)
+            caption = f"{prefix} {caption}".strip() if self.keep_original else prefix
+        caption = " ".join(p for p in (options.caption_prefix, caption, options.caption_suffix) if p)
+        return self.placeholder.expand(caption)
+
+
+def _chance(rng: torch.Generator | None) -> float:
+    return float(torch.rand((), generator=rng))
+
+
+def _tags(caption: str, options, rng) -> str:
+    """Shuffling on a delimiter, and kohya's tag handling: the first keep_tokens tags stay, the rest
+    may drop out or shuffle."""
+    delimiter = options.shuffle_delimiter
+    sep = delimiter or ","
+    if not (delimiter or options.tag_dropout_rate):
+        return caption
+    parts = [p.strip() for p in caption.split(sep) if p.strip()]
+    fixed, rest = parts[: options.keep_tokens], parts[options.keep_tokens :]
+    if options.tag_dropout_rate:
+        rest = [p for p in rest if _chance(rng) >= options.tag_dropout_rate]
+    if delimiter and rest:
+        rest = [rest[i] for i in torch.randperm(len(rest), generator=rng).tolist()]
+    return f"{sep} ".join(fixed + rest)
+
+
+def _file_words(record: Record | None) -> str:
+    """A1111's [filewords] without a caption file: the file name's words."""
+    if record is None:
+        return ""
+    stem = Path(record.name).stem
+    return " ".join(w for w in stem.replace("_", " ").replace("-", " ").split() if not w.isdigit())

@@ -1,0 +1,78 @@
+"""What a training run tells the outside world, as one typed stream.
+
+The recipe calls one listener with these events; the CLI's progress bar and `--json` output, the
+console UI and any later front end are all listeners, so none of them reaches into the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Literal, Union
+
+
+@dataclass(frozen=True)
+class Started:
+    """The loop is about to run: where it starts and where it ends."""
+
+    run_dir: str
+    step: int
+    max_steps: int
+
+
+@dataclass(frozen=True)
+class Step:
+    """One optimizer step done."""
+
+    step: int
+    max_steps: int
+    epoch: int
+    loss: float
+    lr: float
+    seconds: float  # this step's own time: data, forward, backward, update; not saving or validating
+    run_dir: str = ""
+
+
+@dataclass(frozen=True)
+class FileWritten:
+    """A checkpoint folder, a validation folder or the embedding file, complete on disk."""
+
+    kind: Literal["checkpoint", "validation", "embedding"]
+    path: str
+
+
+@dataclass(frozen=True)
+class Warning:
+    message: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    run_dir: str
+    embedding: str
+    steps: int
+    loss: float | None
+
+
+Event = Union[Started, Step, FileWritten, Warning, Finished]
+Listener = Callable[[Event], None]
+
+_NAMES = {Started: "start", Step: "step", Warning: "warning", Finished: "done"}
+
+
+def as_json(event: Event) -> dict:
+    """The `--json` line of an event: {"event": name, ...fields}. A written file is named by its kind
+    ({"event": "checkpoint", "path": ...}), as scripts have read it since the first release."""
+    fields = dataclasses.asdict(event)
+    if isinstance(event, FileWritten):
+        return {"event": fields.pop("kind"), **fields}
+    return {"event": _NAMES[type(event)], **fields}
+
+
+def ignore(event: Event) -> None:
+    """The listener of a run nobody watches."""
+
+
+def on_steps(handler: Callable[[Step], None]) -> Listener:
+    """A listener that hears only the steps."""
+    return lambda event: handler(event) if isinstance(event, Step) else None

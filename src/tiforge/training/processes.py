@@ -1,0 +1,50 @@
+"""What data-parallel training needs beyond accelerate: one run folder for all processes, one
+decision to stop, and a check that every process learned the same vectors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from tiforge.training.run_folders import make_run_dir
+
+log = logging.getLogger("tiforge")
+
+
+def fresh_accelerator_state() -> None:
+    # accelerate keeps its settings in process-wide singletons; a second run in the same process
+    # (tests, the console UI, benchmarks) must be free to choose another mixed precision.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+
+
+def new_run_dir(base_output_dir: str) -> Path:
+    """The main process makes the timestamped folder; the others are told its name."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    holder = [str(make_run_dir(base_output_dir)) if state.is_main_process else None]
+    if state.num_processes > 1:
+        broadcast_object_list(holder)
+    return Path(holder[0])
+
+
+def agreed(accelerator, flag: bool) -> bool:
+    """True when any process saw `flag`; every process must stop at the same step."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item() > 0)
+
+
+def check_ranks_agree(accelerator, vectors: torch.Tensor) -> None:
+    if accelerator.num_processes == 1:
+        return
+    gathered = accelerator.gather(vectors.unsqueeze(0))
+    if not all(torch.equal(gathered[0], g) for g in gathered[1:]):
+        raise RuntimeError("the learned vectors differ between processes; data-parallel training went out of step")
+    log.info("vectors identical across %d processes", accelerator.num_processes)
