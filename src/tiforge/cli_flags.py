@@ -122,6 +122,19 @@ def _shuffle_caption(value: Any, out: Overrides) -> None:
         out["data_loader.shuffle_caption_delimiter"] = ","
 
 
+# diffusers' scripts, invokeai-ti and kohya cast the frozen weights to the mixed-precision dtype; so does the
+# flag here (unless weight_dtype is given). In YAML the two fields stay apart, as in invoke-training.
+WEIGHT_DTYPE_OF_MIXED_PRECISION = {"fp16": "float16", "bf16": "bfloat16", "no": "float32"}
+
+
+def _mixed_precision(value: Any, out: Overrides) -> None:
+    out["mixed_precision"] = value
+    out[_WEIGHTS_FOLLOW] = True
+
+
+_WEIGHTS_FOLLOW = "\0weights follow --mixed_precision"  # a marker key, read and removed by apply_flag_overrides
+
+
 def _sdxl(value: Any, out: Overrides) -> None:
     if value:
         out["type"] = "SDXL_TEXTUAL_INVERSION"
@@ -153,7 +166,8 @@ ALIASES: dict[str, Flag] = {
     "local_rank": Flag(None, apply=lambda v, o: None),  # set by torch.distributed launchers
     "resolution": Flag(None, apply=_resolution),
     "learning_rate": Flag("optimizer.learning_rate"),
-    "sdxl": Flag(None, kind="bool", apply=_sdxl),  # the diffusers/kohya SDXL scripts are separate programs
+    "sdxl": Flag(None, kind="bool", apply=_sdxl),
+    "mixed_precision": Flag(None, apply=_mixed_precision),  # the diffusers/kohya SDXL scripts are separate programs
     # InvokeAI's invokeai-ti
     "model": Flag("model"),
     "root": Flag("install_embeddings_root"),
@@ -280,6 +294,13 @@ def flags_to_overrides(argv: list[str]) -> Overrides:
 
 
 def apply_flag_overrides(data: dict, overrides: Overrides) -> dict:
+    overrides = dict(overrides)
+    if overrides.pop(_WEIGHTS_FOLLOW, False) and "weight_dtype" not in overrides and "weight_dtype" not in data:
+        weights = WEIGHT_DTYPE_OF_MIXED_PRECISION.get(str(overrides["mixed_precision"]))
+        if weights is not None:  # an unknown value is left to the config's own message
+            overrides["weight_dtype"] = weights
+            log.info("--mixed_precision=%s: frozen weights in %s, as the tool this flag comes from does "
+                     "(set --weight_dtype to choose otherwise)", overrides["mixed_precision"], weights)
     for path, value in overrides.items():
         node = data
         keys = path.split(".")

@@ -277,6 +277,12 @@ class SdTextualInversionConfig(_Strict):
             return {"optimizer_type": "AdamW", **value}
         return value
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no_is_no(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `no` as false; the user meant "no".
+        return "no" if value is False else value
+
     @field_validator("placeholder_token")
     @classmethod
     def _placeholder_is_one_word(cls, token: str) -> str:

@@ -43,6 +43,7 @@ from .latent_cache import cache_vae_outputs, default_cache_dir
 from .loss import NoiseSource, denoising_loss, sample_latents
 from .model_loading import load_sd_components
 from .outputs import check_output_space, embedding_file_name, estimate_output_bytes, make_run_dir
+from .precision import cpu_autocast_dtypes, fp16_autocast_on_cpu, guarded_update
 from .text_conditioning import PromptEncoder, unet_conditioning
 from .tokens import initial_vectors
 from .validation import generate_validation_images, log_validation_images
@@ -112,6 +113,7 @@ def train(
         log_with=report_to,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
+    fp16_autocast_on_cpu(accelerator)
     main = accelerator.is_main_process
     if main:
         _log_to_run_dir(run_dir)
@@ -353,7 +355,7 @@ def train(
                             params = parts.vae.encode(pixels).latent_dist.parameters
                     mean_shape = (params.shape[0], params.shape[1] // 2, *params.shape[2:])
                     latents = sample_latents(params.float(), scaling_factor, noise.randn(mean_shape)).to(weight_dtype)
-                    hidden, unet_kwargs = unet_conditioning(text_model, batch["input_ids"], batch, weight_dtype)
+                    hidden, unet_kwargs = unet_conditioning(text_model, batch["input_ids"], batch)
                     loss = denoising_loss(
                         parts.unet, parts.noise_scheduler, latents, hidden,
                         prediction_type=prediction_type, min_snr_gamma=config.min_snr_gamma,
@@ -365,20 +367,17 @@ def train(
                     window_loss += loss.detach().float()
                     window_batches += 1
                     finite, grad_norm = True, None
-                    if accelerator.sync_gradients and accelerator.scaler is None:
+                    if accelerator.sync_gradients:
                         # Gradients are averaged over processes by now, so every process decides alike.
-                        grad_norm = torch.stack([p.grad.float().norm() for p in trainable]).norm()
-                        finite = bool(torch.isfinite(grad_norm))
-                        if finite and config.max_grad_norm is not None:
-                            accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-                    if finite:
-                        before = [p.detach().clone() for p in trainable] if accelerator.sync_gradients else None
+                        outcome = guarded_update(trainable, max_grad_norm=config.max_grad_norm,
+                                                 scaler=accelerator.scaler, unscale=accelerator.unscale_gradients,
+                                                 step=optimizer.step, step_was_skipped=lambda: optimizer.step_was_skipped)
+                        finite, grad_norm = outcome.finite, outcome.grad_norm
+                        if finite:
+                            lr_scheduler.step()
+                    else:  # accelerate only counts these until the window is full
                         optimizer.step()
                         lr_scheduler.step()
-                        if before is not None and not all(bool(torch.isfinite(p).all()) for p in trainable):
-                            for p, b in zip(trainable, before):
-                                p.data.copy_(b)  # an update that overflowed: undo it
-                            finite = False
                     optimizer.zero_grad(set_to_none=True)
 
                 if not accelerator.sync_gradients:
@@ -479,16 +478,8 @@ def _vector_norms(prompt_encoder: PromptEncoder) -> dict[str, float]:
 
 def _fit_to_machine(config: TrainingConfig, cuda: bool) -> TrainingConfig:
     """GPU-only settings on a machine without CUDA: say so and use what works here."""
-    changes = {}
-    if config.mixed_precision == "fp16" and not cuda:
-        log.warning("mixed_precision fp16 needs a CUDA GPU; training in full precision on this machine")
-        changes["mixed_precision"] = "no"
-    if config.weight_dtype == "float16" and not cuda:
-        log.warning("weight_dtype float16 is slow or unsupported without a CUDA GPU; using float32 on this machine")
-        changes["weight_dtype"] = "float32"
-    if getattr(config, "vae_dtype", None) == "float16" and not cuda:
-        log.warning("vae_dtype float16 is slow or unsupported without a CUDA GPU; using float32 on this machine")
-        changes["vae_dtype"] = "float32"
+    # float16 weights and fp16 mixed precision run on a CPU too; see precision.py for what does not
+    changes = {} if cuda else cpu_autocast_dtypes(config)
     if config.xformers and not cuda:
         log.warning("xformers needs a CUDA GPU; using PyTorch's scaled-dot-product attention on this machine")
         changes["xformers"] = False
