@@ -96,3 +96,86 @@ def test_what_this_cpu_runs_in_half_precision(dtype):
     assert F.scaled_dot_product_attention(q, q, q).dtype == dtype
     with torch.autocast("cpu", dtype=dtype):
         assert (torch.randn(3, 4) @ torch.randn(4, 2)).dtype == dtype
+
+
+# --- one optimizer update with and without a gradient scaler ----------------------------------------
+
+
+def _scaled_setup(grad, scale=1024.0):
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([p], lr=1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+    scaler.scale((p * torch.tensor(grad)).sum()).backward()  # p.grad = grad * scale
+    return p, opt, scaler
+
+
+def _update(p, opt, scaler, max_grad_norm):
+    from tiforge.precision import guarded_update
+
+    def step():
+        scaler.step(opt)
+        scaler.update()
+
+    return guarded_update([p], max_grad_norm=max_grad_norm, scaler=scaler, unscale=lambda: scaler.unscale_(opt),
+                          step=step)
+
+
+def test_with_a_scaler_clipping_and_the_logged_norm_use_unscaled_gradients():
+    p, opt, scaler = _scaled_setup([3.0, 4.0])
+    assert float(p.grad.norm()) == 5.0 * 1024  # what the loop sees before unscaling
+    outcome = _update(p, opt, scaler, max_grad_norm=1.0)
+    assert outcome.finite and float(outcome.grad_norm) == pytest.approx(5.0)
+    # clipped to norm 1 in true units, then one SGD step of lr 1
+    assert torch.allclose(p.detach(), torch.tensor([-0.6, -0.8]), atol=1e-6)
+
+
+def test_a_step_the_scaler_skips_counts_as_non_finite_and_lowers_the_scale():
+    p, opt, scaler = _scaled_setup([float("inf"), 1.0])
+    outcome = _update(p, opt, scaler, max_grad_norm=1.0)
+    assert not outcome.finite and not torch.isfinite(outcome.grad_norm)
+    assert torch.equal(p.detach(), torch.zeros(2)), "the scaler must not apply an overflowing step"
+    assert scaler.get_scale() == 512.0, "the scaler saw the overflow and halved its scale"
+
+
+def test_without_a_scaler_a_non_finite_gradient_skips_the_step_and_an_overflowing_update_is_undone():
+    from tiforge.precision import guarded_update
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.tensor([float("nan"), 1.0])
+    called = []
+    outcome = guarded_update([p], max_grad_norm=None, step=lambda: called.append(1))
+    assert not outcome.finite and not called
+
+    p.grad = torch.tensor([1.0, 1.0])
+    outcome = guarded_update([p], max_grad_norm=None, step=lambda: p.data.fill_(float("inf")))
+    assert not outcome.finite and torch.equal(p.detach(), torch.zeros(2))
+
+
+def test_fp16_on_the_cpu_trains_with_a_scaler_and_skipped_steps_stop_the_run(models, tmp_path, monkeypatch):
+    import tiforge.train as train_module
+    from tiforge.interrupts import TrainingStopped
+
+    seen = {}
+    real_update = train_module.guarded_update
+
+    def spy(params, **kwargs):
+        seen.setdefault("scalers", []).append(kwargs["scaler"])
+        return real_update(params, **kwargs)
+
+    real_loss = train_module.denoising_loss
+    calls = {"n": 0}
+
+    def overflowing(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("inf") if calls["n"] > 1 else loss
+
+    monkeypatch.setattr(train_module, "guarded_update", spy)
+    monkeypatch.setattr(train_module, "denoising_loss", overflowing)
+    cfg = _config(models, "sd1", "float32", "fp16", True, False, False, tmp_path / "out", max_nonfinite_steps=2)
+    cfg["max_train_steps"] = 10
+    with pytest.raises(TrainingStopped, match="2 steps in a row had NaN/inf gradients"):
+        train(config_from_dict(cfg), progress=False)
+    assert all(isinstance(s, torch.amp.GradScaler) for s in seen["scalers"]) and len(seen["scalers"]) == 3
+    run_dir = next((tmp_path / "out").iterdir())
+    assert load_embedding(run_dir / "thing.safetensors").step == 1
