@@ -74,6 +74,7 @@ def test_invokeai_command_line(tiny_sd1, image_dir, tmp_path, capsys):
     cfg = resolved(line, capsys)
     assert cfg["data_loader"]["caption_preset"] == "style" and cfg["initializer_token"] == "*"
     assert cfg["resume_from_checkpoint"] == "latest" and cfg["mixed_precision"] == "fp16"
+    assert cfg["weight_dtype"] == "float16"  # invokeai-ti casts the frozen weights to the mixed precision
     assert main(["train", *line, *shlex.split(QUICK), "--save_every_n_steps=1", "-q"]) == 0
     first = next((tmp_path / "psychedelic").iterdir())
     # run again: --resume_from_checkpoint=latest now finds the checkpoint and continues that run
@@ -88,6 +89,7 @@ def test_kohya_command_line(tiny_sd1, tmp_path, capsys):
     cfg = resolved(line, capsys)
     assert cfg["placeholder_token"] == "mychar4" and cfg["initializer_token"] == "cute" and cfg["num_vectors"] == 4
     assert cfg["optimizer"]["optimizer_type"] == "AdamW8bit" and cfg["cache_vae_outputs"] is True
+    assert cfg["mixed_precision"] == "fp16" and cfg["weight_dtype"] == "float16"  # as kohya casts the weights
     assert cfg["data_loader"]["dataset"]["type"] == "IMAGE_CAPTION_DIR_DATASET"
     assert main(["train", *line, *shlex.split(QUICK), "-q"]) == 0
     run = next((tmp_path / "out").iterdir())
@@ -203,3 +205,26 @@ def test_progress_bars_for_loading_caching_training_validation(tiny_sd1, image_d
     for bar in ("checking data", "loading model", "caching latents", "training", "validation (final)",
                 "saving checkpoint step 1"):
         assert bar in err, bar
+
+
+def test_mixed_precision_flag_casts_the_weights_unless_weight_dtype_is_given(tiny_sd1, image_dir, tmp_path, capsys):
+    base = args(DIFFUSERS, model=tiny_sd1, data=image_dir, out=tmp_path / "cat")
+    assert resolved(base, capsys)["weight_dtype"] == "float32"
+    for flag, weights in (("bf16", "bfloat16"), ("fp16", "float16"), ("no", "float32")):
+        cfg = resolved(base + [f"--mixed_precision={flag}"], capsys)
+        assert (cfg["mixed_precision"], cfg["weight_dtype"]) == (flag, weights)
+    # an explicit weight dtype wins, before or after the flag, on the command line or in the YAML
+    for extra in (["--weight_dtype=float32", "--mixed_precision=bf16"], ["--mixed_precision=bf16", "--weight_dtype=float32"]):
+        assert resolved(base + extra, capsys)["weight_dtype"] == "float32"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(resolved(base, capsys)))
+    assert resolved([str(path), "--mixed_precision=fp16"], capsys)["weight_dtype"] == "float32"
+    # in YAML (invoke-training's meaning) the two fields stay apart
+    yaml_only = yaml.safe_load(path.read_text())
+    yaml_only.pop("weight_dtype")
+    path.write_text(yaml.safe_dump({**yaml_only, "mixed_precision": "bf16"}))
+    assert resolved([str(path)], capsys)["weight_dtype"] == "float32"
+    # YAML 1.1 reads a bare `no` as false: it still means "no"
+    path.write_text(path.read_text().replace("mixed_precision: bf16", "mixed_precision: no"))
+    assert "mixed_precision: no" in path.read_text()
+    assert resolved([str(path)], capsys)["mixed_precision"] == "no"

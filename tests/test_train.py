@@ -184,9 +184,12 @@ def test_gpu_only_settings_fall_back_on_a_cpu_with_a_warning(tiny_sd1, image_dir
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     result = run(base_config(tiny_sd1, image_dir, tmp_path / "out", mixed_precision="fp16", xformers=True,
-                             max_train_steps=1))
+                             weight_dtype="bfloat16", max_train_steps=1))
     assert result.global_step == 1
-    assert "mixed_precision fp16 needs a CUDA GPU" in caplog.text and "xformers needs a CUDA GPU" in caplog.text
+    assert "xformers needs a CUDA GPU" in caplog.text
+    # fp16 runs on a CPU (autocast and a scaler); only bf16 weights under fp16 autocast do not
+    assert "weight_dtype bfloat16 under mixed_precision fp16 does not run on a CPU" in caplog.text
+    assert "mixed_precision fp16 on the CPU: float16 autocast with a gradient scaler" in caplog.text
 
 
 def test_validate_every_n_epochs_and_cpu_offload_flag(tiny_sd1, image_dir, tmp_path):
