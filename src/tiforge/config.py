@@ -267,6 +267,11 @@ class SdTextualInversionConfig(_Strict):
     or a checkpoint name such as `checkpoint-step_00001500`. The run continues in that run folder."""
     max_nonfinite_steps: int = Field(5, ge=1)
     """Steps in a row with a NaN/inf loss or gradient that are skipped before training stops."""
+    output_layout: Literal["run_folders", "diffusers", "invokeai", "kohya"] = "run_folders"
+    """Where outputs go: `run_folders` (a timestamped folder per run, invoke-training's way), or flat in
+    base_output_dir named as the diffusers example, invokeai-ti or kohya-ss name them (set by their flags)."""
+    save_embedding_every_n_steps: int | None = Field(None, ge=1)
+    """Also write the embedding alone every N steps (the diffusers example's --save_steps)."""
     """After training, also write `<root>/embeddings/<trigger>/learned_embeds.bin` (InvokeAI's layout)."""
     data_loader: TextualInversionSDDataLoaderConfig
 

@@ -227,8 +227,10 @@ def save_embedding(
     format: str = "diffusers",
     precision: str | None = None,
     step: int | None = None,
+    warn_layout: bool = True,
 ) -> Path:
-    """Write one concept's vectors in `format`; the container follows the file extension."""
+    """Write one concept's vectors in `format`; the container follows the file extension.
+    `warn_layout`: say when a tool cannot load this layout (once per run: the final file)."""
     path = Path(path)
     named = vectors if isinstance(vectors, dict) else {token: vectors}
     dtype = PRECISIONS[precision] if precision else None
@@ -258,10 +260,12 @@ def save_embedding(
             )
         from safetensors.torch import save_file
 
-        _warn_if_invokeai_refuses(path, format, emb)
+        if warn_layout:
+            _warn_if_invokeai_refuses(path, format, emb)
         return atomic_write(path, lambda tmp: save_file(layout, str(tmp), metadata=meta))
     if suffix in PICKLE_SUFFIXES:
-        _warn_if_invokeai_refuses(path, format, emb)
+        if warn_layout:
+            _warn_if_invokeai_refuses(path, format, emb)
         return atomic_write(path, lambda tmp: save_plain_torch_zip(_plain(layout), tmp))
     if suffix == ".png":
         return atomic_write(path, lambda tmp: _write_picture(tmp, emb, token))
@@ -278,15 +282,11 @@ def _plain(value):
     return value
 
 
-_warned: set[str] = set()
-
-
 def _warn_if_invokeai_refuses(path: Path, fmt: str, emb: Embedding) -> None:
     """Several vectors under one token in the diffusers layout are [n, W], which InvokeAI's probe
-    reads as width n and refuses; said once per token, at the first file written."""
-    if fmt != "diffusers" or emb.is_sdxl or emb.num_vectors == 1 or emb.token in _warned:
+    reads as width n and refuses."""
+    if fmt != "diffusers" or emb.is_sdxl or emb.num_vectors == 1:
         return
-    _warned.add(emb.token or "")
     log.warning(
         "%s: %d vectors in the diffusers layout load in diffusers, A1111, ComfyUI and kohya, but not in InvokeAI "
         "(its probe reads the width from the first axis); for InvokeAI write the kohya or a1111 layout "
