@@ -294,6 +294,8 @@ def _output_layout_of_flags(seen: set[str], out: Overrides) -> None:
              {"kohya": "kohya-ss sd-scripts", "invokeai": "invokeai-ti"}.get(layout, "the diffusers example"), layout)
     if "save_format" not in out and out.get("type") != "SDXL_TEXTUAL_INVERSION":
         out["save_format"] = "kohya" if layout == "kohya" else "diffusers"
+    if layout == "invokeai":
+        out.setdefault("save_model_as", "bin")  # invokeai-ti's learned_embeds.bin
     if layout == "invokeai" and "install_embeddings_root" not in out and default_invokeai_root():
         out["install_embeddings_root"] = str(default_invokeai_root())
 

@@ -164,6 +164,11 @@ def _kohya(path: Path, raw: dict) -> Verdict:
     return Verdict("kohya", ok, "" if ok else "its first value is not a tensor")
 
 
+def invokeai_token_width(path: str | Path) -> int:
+    """The token width InvokeAI's probe reads from the file (768 SD1, 1024 SD2, 1280 SDXL)."""
+    return int(_invokeai_width(_raw(Path(path))))
+
+
 def _invokeai_width(raw: dict):
     if "string_to_token" in raw:
         return next(iter(raw["string_to_param"].values())).shape[-1]
@@ -188,9 +193,9 @@ def _invokeai(path: Path, raw: dict) -> Verdict:
     except Exception:  # the probe fails the same way on a layout it cannot measure
         return Verdict("InvokeAI", False, "its probe cannot find the token width; use --to kohya")
     if width not in WIDTHS:
-        return Verdict("InvokeAI", False, f"its probe reads the token width from the first axis of a "
-                                          f"{{token: [n, W]}} file: 'unrecognized token dimension {width}'; "
-                                          "use --to kohya")
+        flat = not any(k in raw for k in ("string_to_token", "emb_params", "clip_g"))
+        why = "its probe reads the token width from the first axis of a {token: [n, W]} file: " if flat else ""
+        return Verdict("InvokeAI", False, f"{why}'unrecognized token dimension {width}'" + ("; use --to kohya" if flat else ""))
     return Verdict("InvokeAI", True)
 
 

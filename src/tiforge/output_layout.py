@@ -24,9 +24,8 @@ LAYOUTS = ("run_folders", "diffusers", "invokeai", "kohya")
 # Flags only kohya-ss sd-scripts' or only invokeai-ti's command lines use; anything else with
 # --output_dir is the diffusers example's command line.
 KOHYA_FLAGS = {"token_string", "init_word", "num_vectors_per_token", "output_name", "save_model_as", "weights",
-               "use_object_template", "use_style_template", "dataset_config", "save_precision", "save_every_n_epochs",
-               "max_data_loader_n_workers", "sdpa", "mem_eff_attn", "cache_latents", "cache_latents_to_disk",
-               "optimizer_type", "log_with", "no_half_vae", "enable_bucket", "save_every_n_steps", "caption_extension"}
+               "use_object_template", "use_style_template", "dataset_config", "max_data_loader_n_workers", "sdpa",
+               "mem_eff_attn", "cache_latents", "cache_latents_to_disk", "no_half_vae", "enable_bucket", "log_with"}
 INVOKEAI_FLAGS = {"model", "root", "root_dir"}
 
 
