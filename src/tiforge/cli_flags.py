@@ -298,6 +298,23 @@ def _output_layout_of_flags(seen: set[str], out: Overrides) -> None:
         out.setdefault("save_model_as", "bin")  # invokeai-ti's learned_embeds.bin
     if layout == "invokeai" and "install_embeddings_root" not in out and default_invokeai_root():
         out["install_embeddings_root"] = str(default_invokeai_root())
+    if layout == "invokeai":
+        _resolve_invokeai_model_name(out)
+
+
+def _resolve_invokeai_model_name(out: Overrides) -> None:
+    """invokeai-ti's --model names a model installed in the InvokeAI root, not a path."""
+    from pathlib import Path
+
+    from .invokeai_models import resolve_model_name
+
+    model, root = out.get("model"), out.get("install_embeddings_root")
+    if not model or "/" in str(model) or "\\" in str(model) or Path(str(model)).expanduser().exists():
+        return  # a path or a hub id
+    if root is None:
+        raise ConfigError(f"--model={model}: not a model folder or file, and no InvokeAI root to look the name up in "
+                          "(--root, $INVOKEAI_ROOT or ~/invokeai); give the model's folder, file or hub id")
+    out["model"] = resolve_model_name(str(model), root)
 
 
 def apply_flag_overrides(data: dict, overrides: Overrides) -> dict:

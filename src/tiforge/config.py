@@ -256,9 +256,10 @@ class SdTextualInversionConfig(_Strict):
     output_name: str | None = None
     """File name (without extension) of the saved embeddings; default: the placeholder."""
     allow_tf32: bool = False
-    save_format: Literal["diffusers", "a1111", "kohya"] = "diffusers"
-    """Layout of the saved embeddings: diffusers `{token: tensor}`, a1111 `string_to_param` (.pt), or
-    kohya `emb_params` (also what invoke-training writes)."""
+    save_format: Literal["diffusers", "a1111", "kohya"] = "kohya"
+    """Layout of the saved embeddings: kohya `emb_params` (the default: diffusers, A1111, ComfyUI, kohya and
+    InvokeAI all load it), diffusers `{token: tensor}` (InvokeAI refuses several vectors in it), or a1111
+    `string_to_param` (.pt)."""
     save_model_as: Literal["safetensors", "pt", "bin", "ckpt"] = "safetensors"
     save_precision: Literal["float32", "float16", "bfloat16"] = "float32"
     install_embeddings_root: str | None = None
