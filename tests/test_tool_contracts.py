@@ -199,3 +199,25 @@ def test_diffusers_load_textual_inversion_really_loads(layout, ext, precision, n
             pipe.unload_textual_inversion()
             if family == "sdxl":
                 pipe.unload_textual_inversion(tokenizer=pipe.tokenizer_2, text_encoder=pipe.text_encoder_2)
+
+
+def test_inspect_says_which_tools_load_the_file(tmp_path, capsys):
+    from tiforge.cli import main
+
+    path, _ = _write(tmp_path, "sd2", "diffusers", ".safetensors", "float16", 3)
+    assert main(["inspect", str(path)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("tools:"))
+    assert "loads in: diffusers, A1111, ComfyUI, kohya; not InvokeAI:" in line and "use --to kohya" in line
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_get_the_permissions_the_umask_gives(umask, mode, tmp_path):
+    import os
+
+    old = os.umask(umask)
+    try:
+        for layout, ext in (("kohya", ".safetensors"), ("a1111", ".pt"), ("a1111", ".png")):
+            path, _ = _write(tmp_path / ext[1:], "sd1", layout, ext, "float32", 2)
+            assert path.stat().st_mode & 0o777 == mode, (ext, oct(path.stat().st_mode))
+    finally:
+        os.umask(old)
