@@ -265,7 +265,8 @@ class SdTextualInversionConfig(_Strict):
     install_embeddings_root: str | None = None
     resume_from_checkpoint: str | None = None
     """`latest` (the newest checkpoint of any run in base_output_dir), a checkpoint folder, a run folder,
-    or a checkpoint name such as `checkpoint-step_00001500`. The run continues in that run folder."""
+    or a checkpoint name such as `checkpoint-step_00001500` (`checkpoint-1500` in the diffusers layout).
+    The run continues in that run folder."""
     max_nonfinite_steps: int = Field(5, ge=1)
     """Steps in a row with a NaN/inf loss or gradient that are skipped before training stops."""
     output_layout: Literal["run_folders", "diffusers", "invokeai", "kohya"] = "run_folders"
