@@ -40,6 +40,7 @@ def test_names_each_layout_gives(tmp_path):
     assert diffusers.checkpoint_dir("step", 1500) == tmp_path / "checkpoint-1500"
     runs = OutputPlan("run_folders", tmp_path, "thing", "safetensors")
     assert runs.checkpoint_dir("step", 3) == tmp_path / "checkpoints" / "checkpoint-step_00000003"
+    assert runs.snapshot("step", 3) == tmp_path / "embeddings" / "thing-step00000003.safetensors"
 
 
 def _invokeai5_root(tmp_path: Path) -> Path:
