@@ -250,7 +250,7 @@ def test_disk_latent_cache_is_reused_and_invalidated(tiny_sd1, image_dir, tmp_pa
     calls.clear()
     second = run(cfg)
     assert calls == [], "the second run encoded images again"
-    assert torch.equal(load_file(first.embedding_path)["<thing>"], load_file(second.embedding_path)["<thing>"])
+    assert torch.equal(load_file(first.embedding_path)["emb_params"], load_file(second.embedding_path)["emb_params"])
     Image.new("RGB", (48, 48), (1, 2, 3)).save(image_dir / "img_2.png")  # one image changes
     run(cfg)
     assert len(calls) == 1

@@ -46,13 +46,13 @@ def test_resumed_run_ends_bit_identical(variant, tiny_sd1, image_dir, tmp_path):
     cfg = base_config(tiny_sd1, image_dir, tmp_path / "out", max_train_steps=6, save_every_n_steps=3,
                       train_batch_size=1, **extra)
     full = train(config_from_dict(cfg), progress=False)
-    expected = load_file(full.embedding_path)["<thing>"].clone()
+    expected = load_file(full.embedding_path)["emb_params"].clone()
     half = full.run_dir / "checkpoints" / "checkpoint-step_00000003"
     assert half.is_dir()
 
     done = tiforge("train", str(write_config(tmp_path, cfg)), "-q", "--set", f"resume_from_checkpoint={half}")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert torch.equal(load_file(full.embedding_path)["<thing>"], expected)
+    assert torch.equal(load_file(full.embedding_path)["emb_params"], expected)
     assert "resuming from" in (full.run_dir / "train.log").read_text()
 
 

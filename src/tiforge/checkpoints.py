@@ -50,12 +50,13 @@ def restore_rng(state: dict) -> None:
 
 def save_checkpoint(
     run_dir: Path, kind: str, index: int, token: str, vectors: torch.Tensor, metadata: dict,
-    max_checkpoints: int | None, state: dict | None = None, config_yaml: str | None = None, **save_options,
+    max_checkpoints: int | None, state: dict | None = None, config_yaml: str | None = None,
+    folder: Path | None = None, siblings: str | None = None, **save_options,
 ) -> Path:
-    """Write `checkpoints/checkpoint-{kind}_{index}`; only then drop the oldest of that kind."""
-    root = run_dir / "checkpoints"
-    final = root / f"checkpoint-{kind}_{index:08d}"
-    tmp = root / f".{final.name}.tmp"
+    """Write `folder` (default `checkpoints/checkpoint-{kind}_{index}`); only then drop the oldest of
+    the checkpoints matching `siblings` (a glob under run_dir; default: those of the same kind)."""
+    final = folder or run_dir / "checkpoints" / f"checkpoint-{kind}_{index:08d}"
+    tmp = final.parent / f".{final.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     extension = save_options.pop("extension", "safetensors")
@@ -71,7 +72,9 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.replace(tmp, final)
     if max_checkpoints is not None:
-        done = sorted(p for p in root.glob(f"checkpoint-{kind}_*") if p.is_dir())
+        # (length, name) orders numbered names whether or not the numbers are zero-padded
+        done = sorted((p for p in run_dir.glob(siblings or f"checkpoints/checkpoint-{kind}_*") if p.is_dir()),
+                      key=lambda p: (len(p.name), p.name))
         for old in done[: max(0, len(done) - max_checkpoints)]:
             shutil.rmtree(old)
     return final
@@ -94,6 +97,11 @@ def find_checkpoint(spec: str, base_output_dir: str | Path) -> Path:
     """`latest` (the newest run in base_output_dir that has one), a checkpoint folder, a run folder,
     or a checkpoint's name such as `checkpoint-step_00001500` (looked up in base_output_dir)."""
     base = Path(base_output_dir).expanduser()
+    flat = _latest_in(base.iterdir()) if base.is_dir() else None  # the diffusers / kohya layouts: checkpoints in base
+    if spec == "latest" and flat:
+        return flat
+    if spec != "latest" and (base / spec).is_dir() and _complete(base / spec) and not Path(spec).is_absolute():
+        return base / spec  # `checkpoint-1500` as the diffusers guide spells it
     if spec == "latest":
         runs = sorted((p for p in base.glob("*") if (p / "checkpoints").is_dir()), reverse=True) if base.is_dir() else []
         for run in runs:
@@ -135,7 +143,7 @@ RESUMABLE_CHANGES = {
     "num_validation_images_per_prompt", "num_validation_inference_steps", "validation_guidance_scale",
     "enable_cpu_offload_during_validation", "report_to", "resume_from_checkpoint", "dataloader_num_workers",
     "install_embeddings_root", "save_format", "save_model_as", "save_precision", "max_nonfinite_steps",
-    "base_output_dir", "seed", "num_vectors", "output_name", "allow_tf32", "push_to_hub", "hub_model_id", "hub_token", "xformers", "gradient_checkpointing",
+    "base_output_dir", "seed", "output_layout", "save_embedding_every_n_steps", "num_vectors", "output_name", "allow_tf32", "push_to_hub", "hub_model_id", "hub_token", "xformers", "gradient_checkpointing",
 }
 
 

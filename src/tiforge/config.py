@@ -256,17 +256,24 @@ class SdTextualInversionConfig(_Strict):
     output_name: str | None = None
     """File name (without extension) of the saved embeddings; default: the placeholder."""
     allow_tf32: bool = False
-    save_format: Literal["diffusers", "a1111", "kohya"] = "diffusers"
-    """Layout of the saved embeddings: diffusers `{token: tensor}`, a1111 `string_to_param` (.pt), or
-    kohya `emb_params` (also what invoke-training writes)."""
+    save_format: Literal["diffusers", "a1111", "kohya"] = "kohya"
+    """Layout of the saved embeddings: kohya `emb_params` (the default: diffusers, A1111, ComfyUI, kohya and
+    InvokeAI all load it), diffusers `{token: tensor}` (InvokeAI refuses several vectors in it), or a1111
+    `string_to_param` (.pt)."""
     save_model_as: Literal["safetensors", "pt", "bin", "ckpt"] = "safetensors"
     save_precision: Literal["float32", "float16", "bfloat16"] = "float32"
     install_embeddings_root: str | None = None
     resume_from_checkpoint: str | None = None
     """`latest` (the newest checkpoint of any run in base_output_dir), a checkpoint folder, a run folder,
-    or a checkpoint name such as `checkpoint-step_00001500`. The run continues in that run folder."""
+    or a checkpoint name such as `checkpoint-step_00001500` (`checkpoint-1500` in the diffusers layout).
+    The run continues in that run folder."""
     max_nonfinite_steps: int = Field(5, ge=1)
     """Steps in a row with a NaN/inf loss or gradient that are skipped before training stops."""
+    output_layout: Literal["run_folders", "diffusers", "invokeai", "kohya"] = "run_folders"
+    """Where outputs go: `run_folders` (a timestamped folder per run, invoke-training's way), or flat in
+    base_output_dir named as the diffusers example, invokeai-ti or kohya-ss name them (set by their flags)."""
+    save_embedding_every_n_steps: int | None = Field(None, ge=1)
+    """Also write the embedding alone every N steps (the diffusers example's --save_steps)."""
     """After training, also write `<root>/embeddings/<trigger>/learned_embeds.bin` (InvokeAI's layout)."""
     data_loader: TextualInversionSDDataLoaderConfig
 

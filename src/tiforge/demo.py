@@ -89,7 +89,7 @@ def run_demo(output_dir: str = "tiforge-demo", steps: int = 300, progress: bool 
     start = plain.text_encoder.get_input_embeddings().weight[ids].detach()
     result = train(config, progress=progress)
     initial = result.run_dir / "judged" / "initial.safetensors"
-    save_embedding(initial, TOKEN, start)
+    save_embedding(initial, TOKEN, start, format="kohya")  # the layout training writes
     before = _judged(pipeline_with_embedding(initial, TOKEN, model), result.run_dir / "judged" / "before")
     after = _judged(pipeline_with_embedding(result.embedding_path, TOKEN, model), result.run_dir / "judged" / "after")
 

@@ -42,7 +42,8 @@ from .interrupts import StopRequests, TrainingStopped
 from .latent_cache import cache_vae_outputs, default_cache_dir
 from .loss import NoiseSource, denoising_loss, sample_latents
 from .model_loading import load_sd_components
-from .outputs import check_output_space, embedding_file_name, estimate_output_bytes, make_run_dir
+from .output_layout import diffusers_concept_files, flat_run_dir, plan_outputs, run_dir_of_checkpoint
+from .outputs import check_output_space, estimate_output_bytes, make_run_dir
 from .precision import cpu_autocast_dtypes, fp16_autocast_on_cpu, guarded_update
 from .text_conditioning import PromptEncoder, unet_conditioning
 from .tokens import initial_vectors
@@ -102,7 +103,7 @@ def train(
     # --- run folder (new, or the resumed run's) and accelerator ---------------------------------
     resume_from = _resume_point(config)
     state = load_training_state(resume_from) if resume_from else None
-    run_dir = resume_from.parent.parent if resume_from else _new_run_dir(config)
+    run_dir = run_dir_of_checkpoint(resume_from) if resume_from else _new_run_dir(config)
     report_to = None if config.report_to in (None, "none") else config.report_to
     _fresh_accelerator_state()
     accelerator = Accelerator(
@@ -258,8 +259,8 @@ def train(
     )
 
     # --- saving and validating -----------------------------------------------------------------
-    file_name = embedding_file_name(config.output_name or placeholder.token, config.save_model_as)
-    result = TrainResult(run_dir=run_dir, embedding_path=run_dir / file_name, global_step=global_step, final_loss=None)
+    plan = plan_outputs(config, placeholder.token, run_dir)
+    result = TrainResult(run_dir=run_dir, embedding_path=plan.final, global_step=global_step, final_loss=None)
     metadata = {"tiforge.base_model": config.model, "tiforge.family": parts.family}
     save_options = {"format": config.save_format, "precision": config.save_precision}
 
@@ -288,14 +289,22 @@ def train(
                       dynamic_ncols=True) as saving:
                 path = save_checkpoint(run_dir, kind, index, placeholder.token, current_vectors(), metadata,
                                        config.max_checkpoints, state=training_state, config_yaml=resolved_yaml,
-                                       step=global_step, extension=config.save_model_as, file_name=file_name,
-                                       **save_options)
+                                       folder=plan.checkpoint_dir(kind, index), siblings=plan.checkpoint_siblings(kind),
+                                       step=global_step, extension=plan.extension, file_name=plan.final.name,
+                                       warn_layout=False, **save_options)
+                if plan.snapshots_with_checkpoints:
+                    snapshot(kind, index)
                 saving.update(1)
             result.checkpoint_dirs.append(path)
             log.info("checkpoint saved: %s", path)
             tell("checkpoint", path)
         accelerator.wait_for_everyone()
         return path
+
+    def snapshot(kind: str, index: int) -> None:
+        if main:
+            save_embedding(plan.snapshot(kind, index), placeholder.token, current_vectors(), metadata,
+                           step=global_step, warn_layout=False, **save_options)
 
     def validate(label: str, step: int) -> None:
         if main and config.validation_prompts:
@@ -409,6 +418,8 @@ def train(
                     on_step(StepInfo(global_step, max_steps, epoch, logs["loss"], logs["lr"], step_seconds, str(run_dir)))
                 if _agreed(accelerator, stop_requests.requested or (stop_event is not None and stop_event.is_set())):
                     stop("Training interrupted.", stop_requests.exit_code, epoch, batches_in_epoch)
+                if config.save_embedding_every_n_steps and global_step % config.save_embedding_every_n_steps == 0:
+                    snapshot("step", global_step)
                 if config.save_every_n_steps and global_step % config.save_every_n_steps == 0 and global_step < max_steps:
                     checkpoint("step", global_step, epoch, batches_in_epoch)
                 if config.validate_every_n_steps and global_step % config.validate_every_n_steps == 0 and global_step < max_steps:
@@ -428,6 +439,9 @@ def train(
     # --- final embedding -------------------------------------------------------------------------
     _check_ranks_agree(accelerator, torch.cat([v.flatten() for v in prompt_encoder.vectors().values()]))
     save_final(global_step)
+    if main and plan.layout in ("diffusers", "invokeai"):
+        for path, text in diffusers_concept_files(run_dir, placeholder.token, config.data_loader.caption_preset):
+            atomic_write_text(path, text + "\n")
     if main and config.install_embeddings_root:
         installed = install_for_invokeai(result.embedding_path, config.install_embeddings_root, placeholder.token)
         log.info("installed for InvokeAI: %s", installed)
@@ -520,6 +534,8 @@ def _new_run_dir(config: TrainingConfig) -> Path:
     from accelerate.utils import broadcast_object_list
 
     state = PartialState(cpu=not torch.cuda.is_available())
+    if config.output_layout != "run_folders":
+        return flat_run_dir(config)  # the same folder on every process
     holder = [str(make_run_dir(config.base_output_dir)) if state.is_main_process else None]
     if state.num_processes > 1:
         broadcast_object_list(holder)
