@@ -176,9 +176,18 @@ def test_output_path_that_is_a_file_is_named(tiny_sd1, image_dir, tmp_path, caps
 def test_read_only_output_folder_is_named(tiny_sd1, image_dir, tmp_path, capsys, monkeypatch):
     path = write_config(tmp_path, base_config(tiny_sd1, image_dir, tmp_path / "ro"))
 
-    def read_only(*a, **k):  # tests run as root, for whom chmod does not make a folder read-only
+    # Tests run as root, for whom chmod does not make a folder read-only: a read-only mount, imitated.
+    def read_only(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system")
 
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *a, **k):
+        if str(self).startswith(str(tmp_path / "ro")):
+            read_only()
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
     monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)
     code, out, err = cli(capsys, "train", str(path), "-q")
     assert code == 2 and "base_output_dir" in err and "Read-only file system" in err
