@@ -21,8 +21,11 @@ def check_caption_lengths(dataset, tokenizer, placeholder_ids, window: int = CLI
 
     ids = set(placeholder_ids)
     long, cut = [], []
+    first_index: dict[int, int] = {}
+    for index, r in enumerate(dataset.record_of):
+        first_index.setdefault(r, index)
     for r, record in enumerate(dataset.records):
-        index = dataset.record_of.index(r) if r in dataset.record_of else 0
+        index = first_index.get(r, 0)
         caption = dataset.captioner(record.caption, item_rng(dataset.seed, 1, index), record)
         tokens = tokenizer(caption, add_special_tokens=True).input_ids
         if len(tokens) <= window:

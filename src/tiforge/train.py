@@ -25,8 +25,8 @@ from .atomic import atomic_write_text
 from .checkpoints import (
     CheckpointError,
     capture_rng,
-    find_checkpoint,
     changed_vector_count,
+    find_checkpoint,
     incompatible_fields,
     load_training_state,
     restore_rng,
@@ -224,6 +224,7 @@ def _train(
     scaling_factor = parts.vae.config.scaling_factor
     dataset = TextualInversionDataset(records, dl, Captioner(dl, placeholder), prompt_encoder.tokenizers, seed=seed,
                                       sizes=scan.sizes, use_masks=config.use_masks)
+    check_caption_lengths(dataset, prompt_encoder.tokenizers[0], placeholder.ids)
     if config.cache_vae_outputs:
         log.info("caching VAE outputs for %d images", len(records))
         disk = (config.latent_cache_dir or default_cache_dir()) if config.cache_vae_outputs_to_disk else None
@@ -235,7 +236,6 @@ def _train(
             parts.vae.to("cpu")
         else:
             parts.vae = None
-    check_caption_lengths(dataset, prompt_encoder.tokenizers[0], placeholder.ids)
     dataloader = make_dataloader(dataset, config.train_batch_size, _num_workers(config))
     sampler = dataloader.batch_sampler
 
