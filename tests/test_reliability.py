@@ -58,7 +58,7 @@ def run_wrapped(tmp_path, args, **env):
     script = tmp_path / "wrapped_cli.py"
     script.write_text(CLI_WRAPPER)
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **env}, cwd=tmp_path)
+                          env={**{k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}, **env}, cwd=tmp_path)
 
 
 def run_dirs(out: Path) -> list[Path]:

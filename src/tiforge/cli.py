@@ -101,7 +101,10 @@ def _cmd_demo(args) -> int:
     _quiet_library_progress()
     from .demo import run_demo
 
-    run_demo(args.output_dir, steps=args.steps, progress=not args.quiet)
+    if not args.quiet and plain_progress_wanted():
+        run_demo(args.output_dir, steps=args.steps, progress=False, on_step=PlainProgress())  # no redrawn bars
+    else:
+        run_demo(args.output_dir, steps=args.steps, progress=not args.quiet)
     return 0
 
 

@@ -4,7 +4,6 @@ cursor-up codes in the text."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import warnings
@@ -14,8 +13,7 @@ def configure_output(quiet: bool) -> None:
     """-q: no Python warnings from the libraries either (FutureWarnings, DataLoader worker notices);
     tiforge's own warnings go through logging and still show."""
     if quiet:
-        warnings.filterwarnings("ignore")
-        os.environ["PYTHONWARNINGS"] = "ignore"  # data-loader worker processes started by spawn
+        warnings.filterwarnings("ignore")  # data-loader workers are forked: they inherit this
 
 
 def plain_progress_wanted(stream=None) -> bool:
