@@ -125,8 +125,18 @@ def find_checkpoint(spec: str, base_output_dir: str | Path) -> Path:
         return named[-1]
     raise CheckpointError(
         f"resume_from_checkpoint: {spec}: no such checkpoint; give 'latest', a checkpoint folder, a run folder, "
-        f"or a checkpoint name found under {base}"
+        f"or a checkpoint name found under {base}" + _existing_checkpoints(base)
     )
+
+
+def _existing_checkpoints(base: Path, limit: int = 20) -> str:
+    """The complete checkpoints under base, newest first, for a message that names a wrong one."""
+    found = [p for p in base.glob("*/checkpoints/*") if p.is_dir() and _complete(p)] if base.is_dir() else []
+    if not found:
+        return f". There is no checkpoint under {base} yet."
+    found.sort(key=lambda p: (p.parent.parent.name, _step_of(p)), reverse=True)
+    more = f"\n  ... and {len(found) - limit} more" if len(found) > limit else ""
+    return ". These exist:\n  - " + "\n  - ".join(str(p) for p in found[:limit]) + more
 
 
 def load_training_state(folder: Path) -> dict:
@@ -145,6 +155,15 @@ RESUMABLE_CHANGES = {
     "install_embeddings_root", "save_format", "save_model_as", "save_precision", "max_nonfinite_steps",
     "base_output_dir", "seed", "output_layout", "save_embedding_every_n_steps", "num_vectors", "output_name", "allow_tf32", "push_to_hub", "hub_model_id", "hub_token", "xformers", "gradient_checkpointing",
 }
+
+
+def changed_vector_count(state: dict, config) -> list[str]:
+    """num_vectors may differ in the config only where it does not decide the count (a phrase or an
+    embedding file brings its own); otherwise the saved vectors cannot continue as another count."""
+    saved = state["config"].get("num_vectors")
+    if config.initial_phrase or config.initial_embedding_file or saved is None or saved == config.num_vectors:
+        return []
+    return [f"num_vectors: checkpoint has {saved!r}, config has {config.num_vectors!r}"]
 
 
 def incompatible_fields(saved: dict, current: dict, prefix: str = "") -> list[str]:

@@ -164,10 +164,15 @@ class TextualInversionSDDataLoaderConfig(_Strict):
 # ------------------------------------------------------------------------------------ optimizer
 
 
+# Far above any useful rate (textual inversion uses about 1e-4..1e-1, Prodigy about 1); beyond it an
+# update step overflows float32 and training cannot even take its first step.
+MAX_LEARNING_RATE = 1e3
+
+
 class AdamWOptimizerConfig(_Strict):
     # AdamW8bit (kohya's name) uses bitsandbytes on a CUDA GPU, and plain AdamW elsewhere.
     optimizer_type: Literal["AdamW", "AdamW8bit"] = "AdamW"
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: float = Field(1e-3, gt=0, le=MAX_LEARNING_RATE)
     weight_decay: float = Field(1e-2, ge=0)
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
@@ -176,7 +181,7 @@ class AdamWOptimizerConfig(_Strict):
 
 class ProdigyOptimizerConfig(_Strict):
     optimizer_type: Literal["Prodigy"]
-    learning_rate: float = Field(1.0, gt=0)
+    learning_rate: float = Field(1.0, gt=0, le=MAX_LEARNING_RATE)
     weight_decay: float = Field(0.0, ge=0)
     use_bias_correction: bool = False
     safeguard_warmup: bool = False

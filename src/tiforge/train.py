@@ -25,6 +25,7 @@ from .atomic import atomic_write_text
 from .checkpoints import (
     CheckpointError,
     capture_rng,
+    changed_vector_count,
     find_checkpoint,
     incompatible_fields,
     load_training_state,
@@ -38,13 +39,15 @@ from .dataset_check import apply_policy, scan_records
 from .embedding_convert import install_for_invokeai
 from .embedding_files import save_embedding
 from .hub import push_embedding
-from .interrupts import StopRequests, TrainingStopped
+from .interrupts import StopRequests, TrainingStopped, resume_command
 from .latent_cache import cache_vae_outputs, default_cache_dir
 from .loss import NoiseSource, denoising_loss, sample_latents
 from .model_loading import load_sd_components
 from .output_layout import diffusers_concept_files, flat_run_dir, plan_outputs, run_dir_of_checkpoint
 from .outputs import check_output_space, estimate_output_bytes, make_run_dir
 from .precision import cpu_autocast_dtypes, fp16_autocast_on_cpu, guarded_update
+from .run_guard import RunFolderLock, RunRecord, record_failure
+from .start_checks import check_caption_lengths, warn_nothing_left, warn_vector_count
 from .text_conditioning import PromptEncoder, unet_conditioning
 from .tokens import initial_vectors
 from .validation import generate_validation_images, log_validation_images
@@ -84,6 +87,33 @@ def train(
     stop_event: threading.Event | None = None,
     on_event: Callable[[dict], None] | None = None,
 ) -> TrainResult:
+    """Train one embedding (see `_train`); a run that fails writes why into its train.log, and a new
+    run that fails before its first step leaves no folder behind."""
+    record = RunRecord()
+
+    def count_step(info: StepInfo) -> None:
+        record.steps = info.step
+        if on_step is not None:
+            on_step(info)
+
+    try:
+        return _train(config, progress, count_step, stop_event, on_event, record)
+    except BaseException as err:
+        record_failure(record, err)
+        raise
+    finally:
+        if record.lock is not None:
+            record.lock.release()
+
+
+def _train(
+    config: TrainingConfig,
+    progress: bool,
+    on_step: Callable[[StepInfo], None] | None,
+    stop_event: threading.Event | None,
+    on_event: Callable[[dict], None] | None,
+    record: RunRecord,
+) -> TrainResult:
     """Train one embedding. `on_step` hears about every optimizer step, `on_event` about every file
     written ({"event": "checkpoint" | "validation" | "embedding", "path": ...}); setting `stop_event`
     stops after the current step as Ctrl-C does (checkpoint, embedding, TrainingStopped)."""
@@ -104,6 +134,9 @@ def train(
     resume_from = _resume_point(config)
     state = load_training_state(resume_from) if resume_from else None
     run_dir = run_dir_of_checkpoint(resume_from) if resume_from else _new_run_dir(config)
+    # Only a timestamped folder of our own making may be removed again; a flat layout writes into
+    # the user's output_dir, which is never deleted.
+    record.run_dir, record.new_run = run_dir, state is None and config.output_layout == "run_folders"
     report_to = None if config.report_to in (None, "none") else config.report_to
     _fresh_accelerator_state()
     accelerator = Accelerator(
@@ -117,6 +150,7 @@ def train(
     fp16_autocast_on_cpu(accelerator)
     main = accelerator.is_main_process
     if main:
+        record.lock = RunFolderLock(run_dir).acquire()
         _log_to_run_dir(run_dir)
     if state:
         _check_resumable(state, config, resume_from)
@@ -175,6 +209,8 @@ def train(
             for name, tokenizer, encoder in parts.text_encoders
         }
     num_vectors = next(iter(vectors.values())).shape[0]
+    if not state:
+        warn_vector_count(config, num_vectors)
     placeholder = prompt_encoder.add_placeholder(config.placeholder_token, vectors)
     trainable = prompt_encoder.trainable()
     log.info("placeholder %r -> %d vector(s), token ids %s", placeholder.token, num_vectors, list(placeholder.ids))
@@ -193,6 +229,7 @@ def train(
     scaling_factor = parts.vae.config.scaling_factor
     dataset = TextualInversionDataset(records, dl, Captioner(dl, placeholder), prompt_encoder.tokenizers, seed=seed,
                                       sizes=scan.sizes, use_masks=config.use_masks)
+    check_caption_lengths(dataset, prompt_encoder.tokenizers[0], placeholder.ids)
     if config.cache_vae_outputs:
         log.info("caching VAE outputs for %d images", len(records))
         disk = (config.latent_cache_dir or default_cache_dir()) if config.cache_vae_outputs_to_disk else None
@@ -242,6 +279,7 @@ def train(
         global_step, start_epoch, skip_batches = state["global_step"], state["epoch"], state["batches_in_epoch"]
         if skip_batches >= batches_per_epoch:
             start_epoch, skip_batches = start_epoch + 1, 0
+        warn_nothing_left(resume_from, global_step, max_steps)
 
     resolved = config.model_copy(update={"num_vectors": num_vectors, "seed": seed, "resume_from_checkpoint": None})
     resolved_yaml = dump_config(resolved)
@@ -335,8 +373,8 @@ def train(
         path = checkpoint("step", global_step, epoch, batches_in_epoch)
         save_final(global_step)
         accelerator.end_training()
-        raise TrainingStopped(f"{message}\nSaved step {global_step}: {result.embedding_path}\nTo go on: tiforge train "
-                              f"CONFIG --set resume_from_checkpoint={path or run_dir}", exit_code)
+        raise TrainingStopped(f"{message}\nSaved step {global_step}: {result.embedding_path}\n"
+                              f"To go on: {resume_command(path, run_dir)}", exit_code)
 
     # --- the loop ------------------------------------------------------------------------------
     bar = tqdm(total=max_steps, initial=global_step, desc="training", disable=not (main and progress),
@@ -521,7 +559,7 @@ def _resume_point(config: TrainingConfig) -> Path | None:
 
 def _check_resumable(state: dict, config: TrainingConfig, folder: Path) -> None:
     current = config.model_dump(mode="json")
-    problems = incompatible_fields(state["config"], current)
+    problems = incompatible_fields(state["config"], current) + changed_vector_count(state, config)
     if problems:
         raise CheckpointError(
             f"{folder}: cannot resume with a different setup; change these back or start a new run:\n  - "
@@ -534,6 +572,8 @@ def _new_run_dir(config: TrainingConfig) -> Path:
     from accelerate.utils import broadcast_object_list
 
     state = PartialState(cpu=not torch.cuda.is_available())
+    if state.is_main_process:
+        check_output_space(config.base_output_dir, 0)  # unwritable or not a folder: say so before mkdir fails
     if config.output_layout != "run_folders":
         return flat_run_dir(config)  # the same folder on every process
     holder = [str(make_run_dir(config.base_output_dir)) if state.is_main_process else None]
