@@ -115,7 +115,7 @@ def train_denoiser(unet, prompt_encoder: PromptEncoder, scheduler, latents, scen
         idx = torch.randint(len(latents), (batch,), generator=gen)
         # 10% empty captions teach the unconditional prediction that classifier-free guidance needs
         caps = ["" if rng.random() < 0.1 else caption(scenes[i], rng) for i in idx.tolist()]
-        hidden, extra = unet_conditioning(prompt_encoder, prompt_encoder.tokenize(caps), sizes, torch.float32)
+        hidden, extra = unet_conditioning(prompt_encoder, prompt_encoder.tokenize(caps), sizes)
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen)

@@ -6,7 +6,10 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+from diffusers import StableDiffusionPipeline
+
 from tiforge.frontends.cli import main
+from tiforge.embeddings.compatibility import invokeai_token_width
 
 from conftest import make_images
 
@@ -64,22 +67,47 @@ def test_diffusers_command_line(tiny_sd1, image_dir, tmp_path, capsys):
                  "--num_validation_inference_steps=2", "-q"])
     err = capsys.readouterr().err
     assert code == 1 and "training finished, but the upload to the hub repo 'cat' failed" in err
-    run = next((tmp_path / "cat").iterdir())
-    assert load_file(run / "cat-toy.safetensors")["<cat-toy>"].shape == (5, 32)
+    out = tmp_path / "cat"  # where the diffusers example writes, so the guide's next line works
+    assert load_file(out / "learned_embeds.safetensors")["<cat-toy>"].shape == (5, 32)
+    assert (out / "token_identifier.txt").read_text().strip() == "<cat-toy>"
+    assert (out / "type_of_concept.txt").read_text().strip() == "object"
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd1, safety_checker=None, local_files_only=True)
+    pipe.load_textual_inversion(str(out))
+    assert "<cat-toy>_4" in pipe.tokenizer.get_vocab()
     assert main(["train", *line, *shlex.split(QUICK), "--push_to_hub=false", "-q"]) == 0
 
 
-def test_invokeai_command_line(tiny_sd1, image_dir, tmp_path, capsys):
+def test_diffusers_checkpoints_snapshots_and_resume_by_name(tiny_sd1, image_dir, tmp_path, capsys):
+    line = args(DIFFUSERS, model=tiny_sd1, data=image_dir, out=tmp_path / "cat") + shlex.split(QUICK) + [
+        "--push_to_hub=false", "--max_train_steps=4", "--checkpointing_steps=1", "--checkpoints_total_limit=2",
+        "--save_steps=2", "--no_safe_serialization", "-q"]
+    assert main(["train", *line]) == 0
+    out = tmp_path / "cat"
+    names = sorted(p.name for p in out.iterdir())
+    assert [n for n in names if n.startswith("checkpoint-")] == ["checkpoint-2", "checkpoint-3"]
+    assert {"learned_embeds.bin", "learned_embeds-steps-2.bin", "learned_embeds-steps-4.bin"} <= set(names)
+    # the guide's spelling: a checkpoint's name in output_dir
+    assert main(["train", *line, "--resume_from_checkpoint=checkpoint-3", "--max_train_steps=5"]) == 0
+    assert "resuming from " + str(out / "checkpoint-3") in (out / "train.log").read_text()
+
+
+def test_invokeai_command_line(tiny_sd1, image_dir, tmp_path, capsys, monkeypatch):
     line = args(INVOKEAI, model=tiny_sd1, data=image_dir, out=tmp_path / "psychedelic")
     cfg = resolved(line, capsys)
     assert cfg["data_loader"]["caption_preset"] == "style" and cfg["initializer_token"] == "*"
     assert cfg["resume_from_checkpoint"] == "latest" and cfg["mixed_precision"] == "fp16"
+    assert cfg["weight_dtype"] == "float16"  # invokeai-ti casts the frozen weights to the mixed precision
+    root = tmp_path / "invokeai"
+    root.mkdir()
+    monkeypatch.setenv("INVOKEAI_ROOT", str(root))  # invokeai-ti installs into the InvokeAI root it finds
     assert main(["train", *line, *shlex.split(QUICK), "--save_every_n_steps=1", "-q"]) == 0
-    first = next((tmp_path / "psychedelic").iterdir())
-    # run again: --resume_from_checkpoint=latest now finds the checkpoint and continues that run
+    out = tmp_path / "psychedelic"
+    assert (out / "learned_embeds.bin").is_file() and (out / "checkpoint-1").is_dir()
+    # run again: --resume_from_checkpoint=latest now finds the checkpoint and continues there
     assert main(["train", *line, *shlex.split(QUICK), "--max_train_steps=3", "-q"]) == 0
-    assert list((tmp_path / "psychedelic").iterdir()) == [first]
-    assert "resuming from" in (first / "train.log").read_text()
+    assert "resuming from " + str(out / "checkpoint-1") in (out / "train.log").read_text()
+    installed = root / "embeddings" / "psychedelic" / "learned_embeds.bin"
+    assert invokeai_token_width(installed) == 32  # the probe measures the tiny model's width on the right axis
 
 
 def test_kohya_command_line(tiny_sd1, tmp_path, capsys):
@@ -88,10 +116,12 @@ def test_kohya_command_line(tiny_sd1, tmp_path, capsys):
     cfg = resolved(line, capsys)
     assert cfg["placeholder_token"] == "mychar4" and cfg["initializer_token"] == "cute" and cfg["num_vectors"] == 4
     assert cfg["optimizer"]["optimizer_type"] == "AdamW8bit" and cfg["cache_vae_outputs"] is True
+    assert cfg["mixed_precision"] == "fp16" and cfg["weight_dtype"] == "float16"  # as kohya casts the weights
     assert cfg["data_loader"]["dataset"]["type"] == "IMAGE_CAPTION_DIR_DATASET"
-    assert main(["train", *line, *shlex.split(QUICK), "-q"]) == 0
-    run = next((tmp_path / "out").iterdir())
-    assert load_file(run / "mychar.safetensors")["mychar4"].shape == (4, 32)
+    assert main(["train", *line, *shlex.split(QUICK), "--save_every_n_steps=1", "-q"]) == 0
+    run = tmp_path / "out"  # kohya's names and layout, in output_dir itself
+    assert load_file(run / "mychar.safetensors")["emb_params"].shape == (4, 32)
+    assert (run / "mychar-step00000001.safetensors").is_file() and (run / "mychar-step00000001-state").is_dir()
     log = (run / "train.log").read_text() + capsys.readouterr().err
     assert "AdamW8bit needs bitsandbytes and a CUDA GPU" in log or "bitsandbytes" in log
 
@@ -122,8 +152,12 @@ batch_size = 1
     assert "x10" in out and "30 batches, 30 optimizer steps per epoch" in out
 
     assert main(["train", *line, "--max_train_steps=2", "--report_to=none", "-q"]) == 0
-    run = next((tmp_path / "out").iterdir())
-    assert load_file(run / "mychar.safetensors")["mychar4"].shape == (4, 32)
+    run = tmp_path / "out"
+    assert load_file(run / "mychar.safetensors")["emb_params"].shape == (4, 32)
+    # kohya's way of loading it: --weights, back into a kohya command line
+    assert main(["train", *line, "--max_train_steps=1", "--report_to=none", "-q", "--output_name=again",
+                 f"--weights={run / 'mychar.safetensors'}"]) == 0
+    assert load_file(run / "again.safetensors")["emb_params"].shape == (4, 32)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["train_batch_size"] == 1 and saved["data_loader"]["resolution"] == 32
 
@@ -190,11 +224,12 @@ def test_json_lines_progress(tiny_sd1, image_dir, tmp_path, capsys):
     assert events[-1]["event"] == "done" and events[-1]["steps"] == 3
     assert all({"loss", "lr", "seconds", "max_steps"} <= set(e) for e in events if e["event"] == "step")
     files = [(e["event"], e["path"].rsplit("/", 1)[-1]) for e in events if "path" in e]
-    assert files == [("checkpoint", "checkpoint-step_00000002"), ("embedding", "j.safetensors"), ("validation", "final")]
+    assert files == [("checkpoint", "checkpoint-2"), ("embedding", "learned_embeds.safetensors"), ("validation", "final")]
     assert "loading model" not in captured.err and "%|" not in captured.err  # no bars in JSON mode
 
 
-def test_progress_bars_for_loading_caching_training_validation(tiny_sd1, image_dir, tmp_path, capsys):
+def test_progress_bars_for_loading_caching_training_validation(tiny_sd1, image_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("tiforge.cli.plain_progress_wanted", lambda: False)  # as on a terminal
     assert main(["train", "--pretrained_model_name_or_path", str(tiny_sd1), "--train_data_dir", str(image_dir),
                  "--learnable_property", "object", "--placeholder_token", "<j>", "--initializer_token", "toy",
                  "--output_dir", str(tmp_path), "--max_train_steps", "2", "--resolution", "32", "--cache_latents",
@@ -204,3 +239,26 @@ def test_progress_bars_for_loading_caching_training_validation(tiny_sd1, image_d
     for bar in ("checking data", "loading model", "caching latents", "training", "validation (final)",
                 "saving checkpoint step 1"):
         assert bar in err, bar
+
+
+def test_mixed_precision_flag_casts_the_weights_unless_weight_dtype_is_given(tiny_sd1, image_dir, tmp_path, capsys):
+    base = args(DIFFUSERS, model=tiny_sd1, data=image_dir, out=tmp_path / "cat")
+    assert resolved(base, capsys)["weight_dtype"] == "float32"
+    for flag, weights in (("bf16", "bfloat16"), ("fp16", "float16"), ("no", "float32")):
+        cfg = resolved(base + [f"--mixed_precision={flag}"], capsys)
+        assert (cfg["mixed_precision"], cfg["weight_dtype"]) == (flag, weights)
+    # an explicit weight dtype wins, before or after the flag, on the command line or in the YAML
+    for extra in (["--weight_dtype=float32", "--mixed_precision=bf16"], ["--mixed_precision=bf16", "--weight_dtype=float32"]):
+        assert resolved(base + extra, capsys)["weight_dtype"] == "float32"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(resolved(base, capsys)))
+    assert resolved([str(path), "--mixed_precision=fp16"], capsys)["weight_dtype"] == "float32"
+    # in YAML (invoke-training's meaning) the two fields stay apart
+    yaml_only = yaml.safe_load(path.read_text())
+    yaml_only.pop("weight_dtype")
+    path.write_text(yaml.safe_dump({**yaml_only, "mixed_precision": "bf16"}))
+    assert resolved([str(path)], capsys)["weight_dtype"] == "float32"
+    # YAML 1.1 reads a bare `no` as false: it still means "no"
+    path.write_text(path.read_text().replace("mixed_precision: bf16", "mixed_precision: no"))
+    assert "mixed_precision: no" in path.read_text()
+    assert resolved([str(path)], capsys)["mixed_precision"] == "no"

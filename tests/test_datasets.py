@@ -223,7 +223,7 @@ def test_sdxl_trains_with_buckets_and_feeds_each_bucket_size(tiny_sdxl, tmp_path
     seen = []
     real = train_module.unet_conditioning
     monkeypatch.setattr(train_module, "unet_conditioning",
-                        lambda enc, ids, batch, dtype: seen.append(batch["target_size"].clone()) or real(enc, ids, batch, dtype))
+                        lambda enc, ids, batch, *rest: seen.append(batch["target_size"].clone()) or real(enc, ids, batch, *rest))
     cfg = base_config(tiny_sdxl, folder, tmp_path / "out", **SDXL, max_train_steps=4, train_batch_size=2,
                       data_loader={"dataset": {"type": "IMAGE_CAPTION_DIR_DATASET", "dataset_dir": str(folder)},
                                    "resolution": 32, "aspect_ratio_buckets": {"target_resolution": 32, "start_dim": 16,
@@ -254,7 +254,7 @@ def test_disk_latent_cache_is_reused_and_invalidated(tiny_sd1, image_dir, tmp_pa
     calls.clear()
     second = run(cfg)
     assert calls == [], "the second run encoded images again"
-    assert torch.equal(load_file(first.embedding_path)["<thing>"], load_file(second.embedding_path)["<thing>"])
+    assert torch.equal(load_file(first.embedding_path)["emb_params"], load_file(second.embedding_path)["emb_params"])
     Image.new("RGB", (48, 48), (1, 2, 3)).save(image_dir / "img_2.png")  # one image changes
     run(cfg)
     assert len(calls) == 1

@@ -132,7 +132,8 @@ def test_invokeai_install_layout(vectors, tmp_path):
     src = save_embedding(tmp_path / "p.safetensors", "psychedelic", vectors)
     out = install_for_invokeai(src, tmp_path / "invokeai")
     assert out == tmp_path / "invokeai" / "embeddings" / "psychedelic" / "learned_embeds.bin"
-    assert torch.equal(torch.load(out, weights_only=True)["psychedelic"], vectors)
+    data = torch.load(out, weights_only=True)  # string_to_param: InvokeAI's probe measures [n, W] right
+    assert data["name"] == "psychedelic" and torch.equal(data["string_to_param"]["*"], vectors)
 
 
 def test_cli_convert_and_inspect(vectors, tiny_sd1, tmp_path, capsys):

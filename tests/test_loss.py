@@ -65,7 +65,7 @@ def _fixed_batch_training(model_dir, sdxl=False, steps=30, lr=5e-2):
     pred_type = parts.noise_scheduler.config.prediction_type
     losses = []
     for _ in range(steps):
-        hidden, unet_kwargs = unet_conditioning(encoder, ids, batch, torch.float32)
+        hidden, unet_kwargs = unet_conditioning(encoder, ids, batch)
         loss = denoising_loss(parts.unet, parts.noise_scheduler, latents, hidden, prediction_type=pred_type,
                               min_snr_gamma=5.0, noise=noise, timesteps=timesteps, unet_kwargs=unet_kwargs)
         loss.backward()

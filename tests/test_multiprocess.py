@@ -33,6 +33,6 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_sd1, im
     log = (runs[0] / "train.log").read_text()
     assert "x 2 process(es)" in log and "vectors identical across 2 processes" in log
     assert log.count("embedding saved") == 1, "only the main process writes files"
-    a = load_file(runs[0] / "thing.safetensors")["<thing>"]
-    b = load_file(next((tmp_path / "one").iterdir()) / "thing.safetensors")["<thing>"]
+    a = load_file(runs[0] / "thing.safetensors")["emb_params"]
+    b = load_file(next((tmp_path / "one").iterdir()) / "thing.safetensors")["emb_params"]
     assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()

@@ -46,13 +46,13 @@ def test_resumed_run_ends_bit_identical(variant, tiny_sd1, image_dir, tmp_path):
     cfg = base_config(tiny_sd1, image_dir, tmp_path / "out", max_train_steps=6, save_every_n_steps=3,
                       train_batch_size=1, **extra)
     full = train(config_from_dict(cfg), progress=False)
-    expected = load_file(full.embedding_path)["<thing>"].clone()
+    expected = load_file(full.embedding_path)["emb_params"].clone()
     half = full.run_dir / "checkpoints" / "checkpoint-step_00000003"
     assert half.is_dir()
 
     done = tiforge("train", str(write_config(tmp_path, cfg)), "-q", "--set", f"resume_from_checkpoint={half}")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert torch.equal(load_file(full.embedding_path)["<thing>"], expected)
+    assert torch.equal(load_file(full.embedding_path)["emb_params"], expected)
     assert "resuming from" in (full.run_dir / "train.log").read_text()
 
 
@@ -74,8 +74,8 @@ def test_ctrl_c_saves_and_says_how_to_resume(tiny_sd1, image_dir, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "Training interrupted." in err and "--set resume_from_checkpoint=" in err
-    assert str(path) in err, "the resume command names the user's config"
     ckpt = Path(err.split("resume_from_checkpoint=")[1].split()[0])
+    assert f"tiforge train {ckpt / 'config.yaml'} " in err, "the resume command names the run's resolved config"
     step = int(ckpt.name.split("_")[-1])
     assert step >= 1 and load_embedding(ckpt / "thing.safetensors").single.shape == (2, 32)
     assert load_embedding(log.parent / "thing.safetensors").step == step

@@ -43,9 +43,10 @@ def test_sd1_end_to_end_outputs_and_frozen_vocabulary(tiny_sd1, image_dir, tmp_p
 
     assert result.global_step == 6
     assert result.run_dir.parent == tmp_path / "out"
-    # the learned embedding, named after the placeholder, in the diffusers layout
+    # the learned embedding, named after the placeholder, in the kohya layout every tool loads
     assert result.embedding_path == result.run_dir / "thing.safetensors"
     tensors = load_file(result.embedding_path)
+    tensors["<thing>"] = tensors.pop("emb_params")
     assert list(tensors) == ["<thing>"] and tensors["<thing>"].shape == (2, 32)
     assert tensors["<thing>"].dtype == torch.float32
     # every original vocabulary row is bit-identical after training
@@ -55,7 +56,7 @@ def test_sd1_end_to_end_outputs_and_frozen_vocabulary(tiny_sd1, image_dir, tmp_p
     # checkpoints: steps 2 and 4 were saved; max_checkpoints=1 kept only the newest
     ckpts = sorted(p.name for p in (result.run_dir / "checkpoints").iterdir())
     assert ckpts == ["checkpoint-step_00000004"]
-    ckpt = load_file(result.run_dir / "checkpoints" / ckpts[0] / "thing.safetensors")["<thing>"]
+    ckpt = load_file(result.run_dir / "checkpoints" / ckpts[0] / "thing.safetensors")["emb_params"]
     assert not torch.equal(ckpt, tensors["<thing>"])
     # validation images and a grid at step 3 and at the end
     for label in ("step_00000003", "final"):
@@ -71,7 +72,7 @@ def test_sd1_end_to_end_outputs_and_frozen_vocabulary(tiny_sd1, image_dir, tmp_p
 
 
 def _vectors(result):
-    return load_file(result.embedding_path)["<thing>"]
+    return load_file(result.embedding_path)["emb_params"]
 
 
 @pytest.mark.parametrize("cached", [False, True])
@@ -178,16 +179,19 @@ def test_cli_train_runs_a_yaml_with_overrides(tiny_sd1, image_dir, tmp_path, cap
     assert main(["train", str(path), "--set", "max_train_steps=2", "--set", "num_vectors=3", "-q"]) == 0
     out = capsys.readouterr().out
     emb = Path(out.split("embedding: ")[1].split()[0])
-    assert load_file(emb)["<thing>"].shape == (3, 32)
+    assert load_file(emb)["emb_params"].shape == (3, 32)
 
 
 def test_gpu_only_settings_fall_back_on_a_cpu_with_a_warning(tiny_sd1, image_dir, tmp_path, caplog):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     result = run(base_config(tiny_sd1, image_dir, tmp_path / "out", mixed_precision="fp16", xformers=True,
-                             max_train_steps=1))
+                             weight_dtype="bfloat16", max_train_steps=1))
     assert result.global_step == 1
-    assert "mixed_precision fp16 needs a CUDA GPU" in caplog.text and "xformers needs a CUDA GPU" in caplog.text
+    assert "xformers needs a CUDA GPU" in caplog.text
+    # fp16 runs on a CPU (autocast and a scaler); only bf16 weights under fp16 autocast do not
+    assert "weight_dtype bfloat16 under mixed_precision fp16 does not run on a CPU" in caplog.text
+    assert "mixed_precision fp16 on the CPU: float16 autocast with a gradient scaler" in caplog.text
 
 
 def test_validate_every_n_epochs_and_cpu_offload_flag(tiny_sd1, image_dir, tmp_path):

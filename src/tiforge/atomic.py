@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed over `path` in one step."""
@@ -19,6 +25,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600 (and some writers recreate the file); the finished file gets what the
+        # user's umask gives (0644 usually), so a UI running as another user or in a container can read it.
+        os.chmod(tmp_path, 0o666 & ~_current_umask())
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)

@@ -1,4 +1,4 @@
-"""The public entry point: `tiforge`, `python -m tiforge.cli`, `accelerate launch -m tiforge.cli`."""
+"""The public entry point: `tiforge`, `python -m tiforge.frontends.cli`, `accelerate launch -m tiforge.frontends.cli`."""
 
 import sys
 

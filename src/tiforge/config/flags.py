@@ -117,6 +117,19 @@ def _shuffle_caption(value: Any, out: Overrides) -> None:
         out["data_loader.shuffle_caption_delimiter"] = ","
 
 
+# diffusers' scripts, invokeai-ti and kohya cast the frozen weights to the mixed-precision dtype; so does the
+# flag here (unless weight_dtype is given). In YAML the two fields stay apart, as in invoke-training.
+WEIGHT_DTYPE_OF_MIXED_PRECISION = {"fp16": "float16", "bf16": "bfloat16", "no": "float32"}
+
+
+def _mixed_precision(value: Any, out: Overrides) -> None:
+    out["mixed_precision"] = value
+    out[_WEIGHTS_FOLLOW] = True
+
+
+_WEIGHTS_FOLLOW = "\0weights follow --mixed_precision"  # a marker key, read and removed by apply_flag_overrides
+
+
 def _sdxl(value: Any, out: Overrides) -> None:
     if value:
         out["type"] = "SDXL_TEXTUAL_INVERSION"
@@ -128,10 +141,10 @@ ALIASES: dict[str, Flag] = {
     "variant": Flag("hf_variant"),
     "train_data_dir": Flag(None, apply=_dataset_dir),
     "learnable_property": Flag("data_loader.caption_preset"),
-    "output_dir": Flag("base_output_dir", note="--output_dir: each run gets its own timestamped folder inside it"),
+    "output_dir": Flag("base_output_dir"),  # and the output layout of the tool whose flags are used
     "num_train_epochs": Flag("max_train_epochs"),
     "checkpointing_steps": Flag("save_every_n_steps"),
-    "save_steps": Flag("save_every_n_steps"),
+    "save_steps": Flag("save_embedding_every_n_steps"),
     "checkpoints_total_limit": Flag("max_checkpoints"),
     "validation_prompt": Flag("validation_prompts", kind="list"),
     "num_validation_images": Flag("num_validation_images_per_prompt"),
@@ -148,7 +161,8 @@ ALIASES: dict[str, Flag] = {
     "local_rank": Flag(None, apply=lambda v, o: None),  # set by torch.distributed launchers
     "resolution": Flag(None, apply=_resolution),
     "learning_rate": Flag("optimizer.learning_rate"),
-    "sdxl": Flag(None, kind="bool", apply=_sdxl),  # the diffusers/kohya SDXL scripts are separate programs
+    "sdxl": Flag(None, kind="bool", apply=_sdxl),
+    "mixed_precision": Flag(None, apply=_mixed_precision),  # the diffusers/kohya SDXL scripts are separate programs
     # InvokeAI's invokeai-ti
     "model": Flag("model"),
     "root": Flag("install_embeddings_root"),
@@ -227,6 +241,7 @@ def flags_to_overrides(argv: list[str]) -> Overrides:
     """Turns `--name value`, `--name=value` and bare boolean flags into dotted config overrides."""
     out: Overrides = {}
     problems: list[str] = []
+    seen: set[str] = set()
     i = 0
     while i < len(argv):
         token = argv[i]
@@ -236,6 +251,7 @@ def flags_to_overrides(argv: list[str]) -> Overrides:
             continue
         name, has_value, value = token[2:].partition("=")
         name = name.replace("-", "_")
+        seen.add(name)
         if name in REFUSED:
             problems.append(f"--{name}: not supported: {REFUSED[name]}")
             if not has_value and i < len(argv) and not argv[i].startswith("--"):
@@ -271,10 +287,53 @@ def flags_to_overrides(argv: list[str]) -> Overrides:
             problems.append(str(err))
     if problems:
         raise ConfigError("command line: " + ("\n  - ".join(["", *problems]) if len(problems) > 1 else problems[0]))
+    _output_layout_of_flags(seen, out)
     return out
 
 
+def _output_layout_of_flags(seen: set[str], out: Overrides) -> None:
+    """--output_dir with the diffusers example's, invokeai-ti's or kohya's flags: their file layout."""
+    from tiforge.training.output_layout import default_invokeai_root, layout_of_flags
+
+    layout = layout_of_flags(seen)
+    if layout is None or "output_layout" in out:
+        return
+    out["output_layout"] = layout
+    log.info("--output_dir: outputs go there as %s names them (output_layout: %s)",
+             {"kohya": "kohya-ss sd-scripts", "invokeai": "invokeai-ti"}.get(layout, "the diffusers example"), layout)
+    if "save_format" not in out and out.get("type") != "SDXL_TEXTUAL_INVERSION":
+        out["save_format"] = "kohya" if layout == "kohya" else "diffusers"
+    if layout == "invokeai":
+        out.setdefault("save_model_as", "bin")  # invokeai-ti's learned_embeds.bin
+    if layout == "invokeai" and "install_embeddings_root" not in out and default_invokeai_root():
+        out["install_embeddings_root"] = str(default_invokeai_root())
+    if layout == "invokeai":
+        _resolve_invokeai_model_name(out)
+
+
+def _resolve_invokeai_model_name(out: Overrides) -> None:
+    """invokeai-ti's --model names a model installed in the InvokeAI root, not a path."""
+    from pathlib import Path
+
+    from tiforge.model.invokeai_models import resolve_model_name
+
+    model, root = out.get("model"), out.get("install_embeddings_root")
+    if not model or "/" in str(model) or "\\" in str(model) or Path(str(model)).expanduser().exists():
+        return  # a path or a hub id
+    if root is None:
+        raise ConfigError(f"--model={model}: not a model folder or file, and no InvokeAI root to look the name up in "
+                          "(--root, $INVOKEAI_ROOT or ~/invokeai); give the model's folder, file or hub id")
+    out["model"] = resolve_model_name(str(model), root)
+
+
 def apply_flag_overrides(data: dict, overrides: Overrides) -> dict:
+    overrides = dict(overrides)
+    if overrides.pop(_WEIGHTS_FOLLOW, False) and "weight_dtype" not in overrides and "weight_dtype" not in data:
+        weights = WEIGHT_DTYPE_OF_MIXED_PRECISION.get(str(overrides["mixed_precision"]))
+        if weights is not None:  # an unknown value is left to the config's own message
+            overrides["weight_dtype"] = weights
+            log.info("--mixed_precision=%s: frozen weights in %s, as the tool this flag comes from does "
+                     "(set --weight_dtype to choose otherwise)", overrides["mixed_precision"], weights)
     for path, value in overrides.items():
         node = data
         keys = path.split(".")

@@ -28,10 +28,15 @@ class ConfigError(ValueError):
 # ------------------------------------------------------------------------------------ optimizer
 
 
+# Far above any useful rate (textual inversion uses about 1e-4..1e-1, Prodigy about 1); beyond it an
+# update step overflows float32 and training cannot even take its first step.
+MAX_LEARNING_RATE = 1e3
+
+
 class AdamWOptimizerConfig(StrictModel):
     # AdamW8bit (kohya's name) uses bitsandbytes on a CUDA GPU, and plain AdamW elsewhere.
     optimizer_type: Literal["AdamW", "AdamW8bit"] = "AdamW"
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: float = Field(1e-3, gt=0, le=MAX_LEARNING_RATE)
     weight_decay: float = Field(1e-2, ge=0)
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
@@ -40,7 +45,7 @@ class AdamWOptimizerConfig(StrictModel):
 
 class ProdigyOptimizerConfig(StrictModel):
     optimizer_type: Literal["Prodigy"]
-    learning_rate: float = Field(1.0, gt=0)
+    learning_rate: float = Field(1.0, gt=0, le=MAX_LEARNING_RATE)
     weight_decay: float = Field(0.0, ge=0)
     use_bias_correction: bool = False
     safeguard_warmup: bool = False
@@ -120,18 +125,25 @@ class SdTextualInversionConfig(StrictModel):
     output_name: str | None = None
     """File name (without extension) of the saved embeddings; default: the placeholder."""
     allow_tf32: bool = False
-    save_format: Literal["diffusers", "a1111", "kohya"] = "diffusers"
-    """Layout of the saved embeddings: diffusers `{token: tensor}`, a1111 `string_to_param` (.pt), or
-    kohya `emb_params` (also what invoke-training writes)."""
+    save_format: Literal["diffusers", "a1111", "kohya"] = "kohya"
+    """Layout of the saved embeddings: kohya `emb_params` (the default: diffusers, A1111, ComfyUI, kohya and
+    InvokeAI all load it), diffusers `{token: tensor}` (InvokeAI refuses several vectors in it), or a1111
+    `string_to_param` (.pt)."""
     save_model_as: Literal["safetensors", "pt", "bin", "ckpt"] = "safetensors"
     save_precision: Literal["float32", "float16", "bfloat16"] = "float32"
     install_embeddings_root: str | None = None
+    """After training, also write `<root>/embeddings/<trigger>/learned_embeds.bin` (InvokeAI's layout)."""
     resume_from_checkpoint: str | None = None
     """`latest` (the newest checkpoint of any run in base_output_dir), a checkpoint folder, a run folder,
-    or a checkpoint name such as `checkpoint-step_00001500`. The run continues in that run folder."""
+    or a checkpoint name such as `checkpoint-step_00001500` (`checkpoint-1500` in the diffusers layout).
+    The run continues in that run folder."""
     max_nonfinite_steps: int = Field(5, ge=1)
     """Steps in a row with a NaN/inf loss or gradient that are skipped before training stops."""
-    """After training, also write `<root>/embeddings/<trigger>/learned_embeds.bin` (InvokeAI's layout)."""
+    output_layout: Literal["run_folders", "diffusers", "invokeai", "kohya"] = "run_folders"
+    """Where outputs go: `run_folders` (a timestamped folder per run, invoke-training's way), or flat in
+    base_output_dir named as the diffusers example, invokeai-ti or kohya-ss name them (set by their flags)."""
+    save_embedding_every_n_steps: int | None = Field(None, ge=1)
+    """Also write the embedding alone every N steps (the diffusers example's --save_steps)."""
     data_loader: TextualInversionSDDataLoaderConfig
 
     @field_validator("optimizer", mode="before")
@@ -140,6 +152,12 @@ class SdTextualInversionConfig(StrictModel):
         if isinstance(value, dict) and "optimizer_type" not in value:
             return {"optimizer_type": "AdamW", **value}
         return value
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no_is_no(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `no` as false; the user meant "no".
+        return "no" if value is False else value
 
     @field_validator("placeholder_token")
     @classmethod

@@ -101,9 +101,26 @@ def apply_policy(scan: Scan, on_bad_image: str) -> list[Record]:
                                f"{listing}{more}")
         log.warning("training without %d bad item(s) (data_loader.on_bad_image: skip):\n  - %s%s",
                     len(scan.problems), listing, more)
-    for name, note in scan.notes[:20]:
-        log.info("%s: %s", name, note)
+    _warn_about_notes(scan)
     return scan.records
+
+
+def _warn_about_notes(scan: Scan) -> None:
+    """Notes that change what is learned are warnings, said once with a count; the rest are INFO."""
+    unmasked = [name for name, note in scan.notes if note.startswith("no mask (")]
+    small = [(name, note.split(" is ")[0]) for name, note in scan.notes if "smaller than the training size" in note]
+    if unmasked and len(unmasked) == len(scan.records):
+        log.warning("use_masks is on, but none of the %d pictures has a mask (masks/<name>.png, <name>_mask.png or "
+                    "an alpha channel): training unmasked, as with use_masks: false", len(unmasked))
+    if small:
+        log.warning("%d picture(s) are smaller than the training size and are enlarged (blurrier than a large "
+                    "picture): %s%s", len(small), ", ".join(f"{n} ({size})" for n, size in small[:10]),
+                    " ..." if len(small) > 10 else "")
+    rest = [(name, note) for name, note in scan.notes
+            if not (note.startswith("no mask (") and len(unmasked) == len(scan.records))
+            and "smaller than the training size" not in note]
+    for name, note in rest[:20]:
+        log.info("%s: %s", name, note)
 
 
 # ---------------------------------------------------------------------------------- the report

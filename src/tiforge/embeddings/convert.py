@@ -19,9 +19,11 @@ def convert(src: str | Path, dst: str | Path, to: str, token: str | None = None,
 
 
 def install_for_invokeai(src: str | Path, root: str | Path, trigger: str | None = None) -> Path:
-    """InvokeAI's layout: `<root>/embeddings/<trigger>/learned_embeds.bin` holding `{trigger: tensor}`."""
+    """InvokeAI's layout: `<root>/embeddings/<trigger>/learned_embeds.bin`. Its probe refuses a
+    `{token: [n, W]}` file, so SD embeddings go in as A1111's `string_to_param` (any vector count, and
+    the trigger kept as `name` for diffusers) and SDXL ones as `clip_l` + `clip_g`."""
     emb = load_embedding(src)
     name = trigger or emb.trigger(Path(src))
     target = Path(root).expanduser() / "embeddings" / name.strip("<>") / "learned_embeds.bin"
     return save_embedding(target, name, emb.vectors if emb.is_sdxl else emb.single, emb.metadata,
-                          format="kohya" if emb.is_sdxl else "diffusers")
+                          format="kohya" if emb.is_sdxl else "a1111", step=emb.step)

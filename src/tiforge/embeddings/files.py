@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,9 @@ import torch
 
 from tiforge import __version__
 from tiforge.atomic import atomic_write
+from tiforge.embeddings.pickle_writer import plain_tensor, save_plain_torch_zip
+
+log = logging.getLogger("tiforge")
 
 FORMATS = ("diffusers", "a1111", "kohya")
 PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -199,7 +203,9 @@ def _layout(emb: Embedding, fmt: str, token: str, where: Path) -> dict:
             "ComfyUI and InvokeAI read; use --to kohya"
         )
     if fmt == "diffusers":
-        return {token: emb.single}
+        # One vector is stored 1-D, as the sd-concepts-library files are: InvokeAI's probe reads the
+        # width of a {token: tensor} file from shape[0], so a [1, W] file would not install there.
+        return {token: emb.single[0].clone() if emb.num_vectors == 1 else emb.single}
     if fmt == "a1111":
         return {
             "string_to_token": {"*": 265},  # A1111 stores the id of '*', a leftover of the paper's code
@@ -221,8 +227,10 @@ def save_embedding(
     format: str = "diffusers",
     precision: str | None = None,
     step: int | None = None,
+    warn_layout: bool = True,
 ) -> Path:
-    """Write one concept's vectors in `format`; the container follows the file extension."""
+    """Write one concept's vectors in `format`; the container follows the file extension.
+    `warn_layout`: say when a tool cannot load this layout (once per run: the final file)."""
     path = Path(path)
     named = vectors if isinstance(vectors, dict) else {token: vectors}
     dtype = PRECISIONS[precision] if precision else None
@@ -252,13 +260,38 @@ def save_embedding(
             )
         from safetensors.torch import save_file
 
+        if warn_layout:
+            _warn_if_invokeai_refuses(path, format, emb)
         return atomic_write(path, lambda tmp: save_file(layout, str(tmp), metadata=meta))
     if suffix in PICKLE_SUFFIXES:
-        return atomic_write(path, lambda tmp: torch.save(layout, str(tmp)))
+        if warn_layout:
+            _warn_if_invokeai_refuses(path, format, emb)
+        return atomic_write(path, lambda tmp: save_plain_torch_zip(_plain(layout), tmp))
     if suffix == ".png":
         return atomic_write(path, lambda tmp: _write_picture(tmp, emb, token))
     raise EmbeddingFileError(
         f"{path}: unknown extension {path.suffix!r}; use .safetensors, .bin, .pt, .ckpt or (A1111 picture) .png"
+    )
+
+
+def _plain(value):
+    if isinstance(value, torch.Tensor):
+        return plain_tensor(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _warn_if_invokeai_refuses(path: Path, fmt: str, emb: Embedding) -> None:
+    """Several vectors under one token in the diffusers layout are [n, W], which InvokeAI's probe
+    reads as width n and refuses."""
+    if fmt != "diffusers" or emb.is_sdxl or emb.num_vectors == 1:
+        return
+    log.warning(
+        "%s: %d vectors in the diffusers layout load in diffusers, A1111, ComfyUI and kohya, but not in InvokeAI "
+        "(its probe reads the width from the first axis); for InvokeAI write the kohya or a1111 layout "
+        "(save_format: kohya, or `tiforge convert %s out.safetensors --to kohya`)",
+        path, emb.num_vectors, path.name,
     )
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from tiforge.embeddings.compatibility import loads_in_line
 from tiforge.embeddings.files import Embedding, load_embedding
 from tiforge.model.placeholders import family_of_width
 
@@ -28,6 +29,7 @@ def describe(path: str | Path, model: str | None = None, single_file_config: str
         label = key if emb.is_sdxl else "vectors"
         lines.append(f"{label + ':':<10} {t.shape[0]} x {t.shape[1]}  {str(t.dtype).replace('torch.', '')}")
     lines.append(f"fits:      {family_of(emb)}")
+    lines.append(f"tools:     {loads_in_line(path)}")
     if emb.step is not None:
         lines.append(f"step:      {emb.step}")
 

@@ -8,8 +8,8 @@ import os
 import sys
 from importlib import resources
 
-from tiforge.config.schema import ConfigError
 from tiforge.config.loading import dump_config, load_config
+from tiforge.frontends.console_output import PlainProgress, configure_output, plain_progress_wanted
 
 
 def _example_config() -> str:
@@ -19,12 +19,19 @@ def _example_config() -> str:
 def _train_config(args):
     """YAML file (optional), then --set overrides, then flags of any of the tools users come from."""
     from tiforge.config.flags import apply_flag_overrides, flags_to_overrides
+    from tiforge.config.schema import ConfigError
     from tiforge.config.loading import apply_overrides, config_from_dict, read_config_file
 
     data = read_config_file(args.config) if args.config else {}
     data = apply_overrides(data, args.set)
     data = apply_flag_overrides(data, flags_to_overrides(args.flags))
     args.debug_dataset = bool(data.pop("debug_dataset", False))
+    if not args.config:
+        from tiforge.config.flag_help import missing_required
+
+        missing = missing_required(data, args.flags)
+        if missing:
+            raise ConfigError("command line: " + ("\n  - ".join(["", *missing]) if len(missing) > 1 else missing[0]))
     return config_from_dict(data, args.config or "command line")
 
 
@@ -36,6 +43,7 @@ def _cmd_dataset_check(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    _quiet_library_progress()
     config = _train_config(args)
     if args.debug_dataset:  # kohya's --debug_dataset: show the data as trained, then stop
         from tiforge.data.checks import report
@@ -45,6 +53,7 @@ def _cmd_train(args) -> int:
     if args.print_config:
         print(dump_config(config), end="")
         return 0
+    from tiforge.training.events import on_steps
     from tiforge.training.recipe import train
 
     if args.json:
@@ -54,7 +63,10 @@ def _cmd_train(args) -> int:
 
         train(config, progress=False, listener=lambda event: print(json.dumps(as_json(event)), flush=True))
         return 0
-    result = train(config, progress=not args.quiet)
+    if not args.quiet and plain_progress_wanted():
+        result = train(config, progress=False, listener=on_steps(PlainProgress()))  # no redrawn bars in a log file
+    else:
+        result = train(config, progress=not args.quiet)
     print(f"embedding: {result.embedding_path}")
     print(f"run folder: {result.run_dir}")
     return 0
@@ -75,6 +87,7 @@ def _cmd_config(args) -> int:
 
 
 def _cmd_ui(args) -> int:
+    _quiet_library_progress()
     from tiforge.frontends.console_ui import run_ui
 
     run_ui()
@@ -82,9 +95,15 @@ def _cmd_ui(args) -> int:
 
 
 def _cmd_demo(args) -> int:
+    _quiet_library_progress()
     from tiforge.toy.demo import run_demo
 
-    run_demo(args.output_dir, steps=args.steps, progress=not args.quiet)
+    if not args.quiet and plain_progress_wanted():
+        from tiforge.training.events import on_steps
+
+        run_demo(args.output_dir, steps=args.steps, progress=False, listener=on_steps(PlainProgress()))  # no bars
+    else:
+        run_demo(args.output_dir, steps=args.steps, progress=not args.quiet)
     return 0
 
 
@@ -97,6 +116,8 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
+    if args.model:
+        _quiet_library_progress()
     from tiforge.embeddings.inspection import describe
 
     print(describe(args.file, model=args.model, single_file_config=args.single_file_config))
@@ -111,6 +132,7 @@ def _cmd_install(args) -> int:
 
 
 def _cmd_generate(args) -> int:
+    _quiet_library_progress()
     from tiforge.embeddings.generate import generate_images
 
     paths = generate_images(
@@ -129,14 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tiforge {__import__('tiforge').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from tiforge.config.flags import known_flag_names
+    from tiforge.config.flag_help import grouped_flag_help
+
     p = sub.add_parser(
         "train", help="train an embedding from a YAML config and/or flags",
-        epilog="Every config field is also a flag (--max_train_steps 3000, --resolution 512, ...), and so are the "
-               "flags of the diffusers example (--pretrained_model_name_or_path, --train_data_dir, "
-               "--learnable_property, --checkpointing_steps, --validation_prompt, ...), invokeai-ti (--model, "
-               "--root, ...) and kohya-ss (--token_string, --init_word, --num_vectors_per_token, --weights, "
-               "--use_object_template, --save_model_as, --cache_latents, --xformers, --no_half_vae, ...). "
-               "--sdxl trains SDXL (type: SDXL_TEXTUAL_INVERSION).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Every config field is also a flag, and so are the flags of the diffusers example, invokeai-ti and "
+               "kohya-ss;\nflags take a value (--max_train_steps 3000 or --max_train_steps=3000); yes/no ones may "
+               "stand alone.\n" + grouped_flag_help(known_flag_names()),
     )
     # The optional YAML path right after `train` is taken off in main(): argparse would mistake
     # the values of other tools' flags for it.
@@ -215,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_library_progress() -> None:
-    """Model-loading bars of diffusers and transformers repeat on every load; tiforge shows its own."""
+    """Model-loading bars of diffusers and transformers repeat on every load; tiforge shows its own.
+    Called by the commands that load models: importing these libraries costs seconds."""
     try:
         import diffusers.utils.logging as dlog
         import transformers.utils.logging as tlog
@@ -226,13 +250,35 @@ def _quiet_library_progress() -> None:
         pass
 
 
+# Errors a user can fix: message and exit code 2, no traceback. Looked up by module so that the
+# CLI need not import torch-heavy modules before it knows the command.
+USER_ERRORS = {
+    "tiforge.config.schema": "ConfigError", "tiforge.training.checkpoints": "CheckpointError", "tiforge.data.sources": "DatasetError",
+    "tiforge.embeddings.files": "EmbeddingFileError", "tiforge.model.loading": "ModelLoadError",
+    "tiforge.training.run_folders": "OutputError", "tiforge.model.placeholders": "TokenError",
+}
+
+
+def _user_error_types() -> tuple[type, ...]:
+    return tuple(getattr(sys.modules[m], name) for m, name in USER_ERRORS.items() if m in sys.modules)
+
+
+def _fail(args, message: str, code: int, prefix: str = "tiforge: error: ") -> int:
+    """Text on stderr; with --json also one {"event": "error"} line on stdout for scripts."""
+    print(f"{prefix}{message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        import json
+
+        print(json.dumps({"event": "error", "message": message, "exit_code": code}), flush=True)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     # Library chatter (optional-dependency notices, deprecation hints) drowns tiforge's own messages.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    _quiet_library_progress()
     config_path = None
     head = 2 if argv[:2] == ["dataset", "check"] else 1 if argv[:1] == ["train"] else 0
     if head and len(argv) > head and not argv[head].startswith("-"):
@@ -246,31 +292,23 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "huggingface_hub", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    from tiforge.training.checkpoints import CheckpointError
-    from tiforge.data.sources import DatasetError
-    from tiforge.embeddings.files import EmbeddingFileError
-    from tiforge.embeddings.hub import HubUploadError
-    from tiforge.training.interrupts import TrainingStopped
-    from tiforge.model.loading import ModelLoadError
-    from tiforge.training.run_folders import OutputError
-    from tiforge.model.placeholders import TokenError
-
+    configure_output(quiet=getattr(args, "quiet", False) or getattr(args, "json", False))
     try:
         return args.func(args)
-    except HubUploadError as err:
-        print(f"tiforge: error: {err}", file=sys.stderr)
-        return 1
-    except TrainingStopped as err:
-        config = getattr(args, "config", None)
-        print(f"tiforge: {str(err).replace('CONFIG', config or 'CONFIG')}", file=sys.stderr)
-        return err.exit_code
-    except (ConfigError, DatasetError, EmbeddingFileError, ModelLoadError, TokenError, CheckpointError,
-            OutputError) as err:
-        print(f"tiforge: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("tiforge: interrupted", file=sys.stderr)
-        return 130
+        return _fail(args, "interrupted", 130, prefix="tiforge: ")
+    except Exception as err:
+        from_module = sys.modules.get("tiforge.embeddings.hub")
+        if from_module is not None and isinstance(err, from_module.HubUploadError):
+            return _fail(args, str(err), 1)
+        stopped = sys.modules.get("tiforge.training.interrupts")
+        if stopped is not None and isinstance(err, stopped.TrainingStopped):
+            return _fail(args, str(err), err.exit_code, prefix="tiforge: ")
+        if isinstance(err, _user_error_types()):
+            return _fail(args, str(err), 2)
+        if getattr(args, "json", False):
+            _fail(args, f"{type(err).__name__}: {err}", 1, prefix="tiforge: internal error: ")
+        raise
 
 
 if __name__ == "__main__":

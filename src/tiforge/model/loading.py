@@ -131,11 +131,31 @@ def _load_from_pretrained(name: str, variant: str | None, local_only: bool, sdxl
     for subfolder, cls, options in steps:
         if bar is not None:
             bar.set_postfix_str(subfolder)
-        loaded[subfolder] = cls.from_pretrained(name, subfolder=subfolder, **options)
+        loaded[subfolder] = _load_part(cls, name, subfolder, options, local_only)
         if bar is not None:
             bar.update(1)
     return SdComponents(loaded["tokenizer"], loaded["text_encoder"], loaded["vae"], loaded["unet"], loaded["scheduler"],
                         source=name, tokenizer_2=loaded.get("tokenizer_2"), text_encoder_2=loaded.get("text_encoder_2"))
+
+
+def _load_part(cls, name: str, subfolder: str, options: dict, local_only: bool):
+    """One part of a diffusers folder; a missing or damaged part is named by its folder."""
+    folder = Path(name).expanduser() / subfolder
+    if local_only and not folder.is_dir():
+        raise ModelLoadError(
+            f"model {name}: has no {subfolder}/ folder; a diffusers model folder holds tokenizer/, text_encoder/, "
+            "vae/, unet/ and scheduler/ (copy the whole folder, or point model at a single .safetensors file)"
+        )
+    try:
+        return cls.from_pretrained(name, subfolder=subfolder, **options)
+    except Exception as err:
+        if not local_only:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(
+            f"model {name}: cannot load {folder} ({first}); its files may be incomplete or damaged "
+            "(an interrupted download or copy): copy that folder again"
+        ) from err
 
 
 def _load_single_file(path: Path, config_dir: str | None, sdxl: bool) -> SdComponents:

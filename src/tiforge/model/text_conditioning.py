@@ -49,10 +49,15 @@ class PromptEncoder(nn.Module):
         self.text_encoders = nn.ModuleList([enc for _, _, enc in encoders])
         self.sdxl = sdxl
         self.placeholder: Placeholder | None = None
+        # What the UNet reads. The trainable vectors are float32, so the encoders' output can be
+        # float32 even when the UNet runs in bf16/fp16; this is the one place that casts it.
+        self.output_dtype: torch.dtype | None = None
 
     @classmethod
     def of(cls, components) -> "PromptEncoder":
-        return cls(components.text_encoders, components.is_sdxl)
+        encoder = cls(components.text_encoders, components.is_sdxl)
+        encoder.output_dtype = components.unet.dtype
+        return encoder
 
     # -- the placeholder --------------------------------------------------------------------------
 
@@ -105,7 +110,14 @@ class PromptEncoder(nn.Module):
         return tokenize(self.tokenizers, texts)
 
     def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """[batch, encoders, 77] ids -> (hidden states for cross-attention, pooled output or None)."""
+        """[batch, encoders, 77] ids -> (hidden states for cross-attention, pooled output or None),
+        in `output_dtype` (the UNet's) - for training and validation alike."""
+        hidden, pooled = self._encode_ids(input_ids)
+        if self.output_dtype is None:
+            return hidden, pooled
+        return hidden.to(self.output_dtype), None if pooled is None else pooled.to(self.output_dtype)
+
+    def _encode_ids(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self.sdxl:
             return self.text_encoders[0](input_ids[:, 0].to(self.text_encoders[0].device))[0], None
         hidden, pooled = [], None
@@ -121,12 +133,12 @@ class PromptEncoder(nn.Module):
         return self(self.tokenize([expand(p) for p in prompts]))
 
 
-def unet_conditioning(prompt_encoder: PromptEncoder, input_ids: torch.Tensor, batch: dict, dtype) -> tuple[torch.Tensor, dict]:
+def unet_conditioning(prompt_encoder: PromptEncoder, input_ids: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
     """Hidden states and the extra UNet keyword arguments for one training batch (its crop facts and
-    per-item training size, which differ between aspect-ratio buckets)."""
+    per-item training size, which differ between aspect-ratio buckets), in the encoder's output dtype."""
     hidden, pooled = prompt_encoder(input_ids)
     if pooled is None:
-        return hidden.to(dtype), {}
+        return hidden, {}
     time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], batch["target_size"])
-    time_ids = time_ids.to(hidden.device, dtype)
-    return hidden.to(dtype), {"added_cond_kwargs": {"text_embeds": pooled.to(dtype), "time_ids": time_ids}}
+    time_ids = time_ids.to(hidden.device, hidden.dtype)
+    return hidden, {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}

@@ -75,7 +75,7 @@ def _judged(pipe, out_dir: Path, n: int = 16) -> float:
     return rate
 
 
-def run_demo(output_dir: str = "tiforge-demo", steps: int = 300, progress: bool = True) -> DemoResult:
+def run_demo(output_dir: str = "tiforge-demo", steps: int = 300, progress: bool = True, listener=None) -> DemoResult:
     model = toy_model_dir()
     print(f"tiforge demo: pretrained toy model {model}")
     print("  (a tiny SD-architecture model that knows coloured circles, squares, triangles and stars")
@@ -87,9 +87,9 @@ def run_demo(output_dir: str = "tiforge-demo", steps: int = 300, progress: bool 
     plain = load_toy_pipeline(model)
     ids = plain.tokenizer.encode(INITIALIZER, add_special_tokens=False) * 2
     start = plain.text_encoder.get_input_embeddings().weight[ids].detach()
-    result = train(config, progress=progress)
+    result = train(config, progress=progress, listener=listener)
     initial = result.run_dir / "judged" / "initial.safetensors"
-    save_embedding(initial, TOKEN, start)
+    save_embedding(initial, TOKEN, start, format="kohya")  # the layout training writes
     before = _judged(pipeline_with_embedding(initial, TOKEN, model), result.run_dir / "judged" / "before")
     after = _judged(pipeline_with_embedding(result.embedding_path, TOKEN, model), result.run_dir / "judged" / "after")
 

@@ -50,12 +50,13 @@ def restore_rng(state: dict) -> None:
 
 def save_checkpoint(
     run_dir: Path, kind: str, index: int, token: str, vectors: torch.Tensor, metadata: dict,
-    max_checkpoints: int | None, state: dict | None = None, config_yaml: str | None = None, **save_options,
+    max_checkpoints: int | None, state: dict | None = None, config_yaml: str | None = None,
+    folder: Path | None = None, siblings: str | None = None, **save_options,
 ) -> Path:
-    """Write `checkpoints/checkpoint-{kind}_{index}`; only then drop the oldest of that kind."""
-    root = run_dir / "checkpoints"
-    final = root / f"checkpoint-{kind}_{index:08d}"
-    tmp = root / f".{final.name}.tmp"
+    """Write `folder` (default `checkpoints/checkpoint-{kind}_{index}`); only then drop the oldest of
+    the checkpoints matching `siblings` (a glob under run_dir; default: those of the same kind)."""
+    final = folder or run_dir / "checkpoints" / f"checkpoint-{kind}_{index:08d}"
+    tmp = final.parent / f".{final.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     extension = save_options.pop("extension", "safetensors")
@@ -71,7 +72,9 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.replace(tmp, final)
     if max_checkpoints is not None:
-        done = sorted(p for p in root.glob(f"checkpoint-{kind}_*") if p.is_dir())
+        # (length, name) orders numbered names whether or not the numbers are zero-padded
+        done = sorted((p for p in run_dir.glob(siblings or f"checkpoints/checkpoint-{kind}_*") if p.is_dir()),
+                      key=lambda p: (len(p.name), p.name))
         for old in done[: max(0, len(done) - max_checkpoints)]:
             shutil.rmtree(old)
     return final
@@ -94,6 +97,11 @@ def find_checkpoint(spec: str, base_output_dir: str | Path) -> Path:
     """`latest` (the newest run in base_output_dir that has one), a checkpoint folder, a run folder,
     or a checkpoint's name such as `checkpoint-step_00001500` (looked up in base_output_dir)."""
     base = Path(base_output_dir).expanduser()
+    flat = _latest_in(base.iterdir()) if base.is_dir() else None  # the diffusers / kohya layouts: checkpoints in base
+    if spec == "latest" and flat:
+        return flat
+    if spec != "latest" and (base / spec).is_dir() and _complete(base / spec) and not Path(spec).is_absolute():
+        return base / spec  # `checkpoint-1500` as the diffusers guide spells it
     if spec == "latest":
         runs = sorted((p for p in base.glob("*") if (p / "checkpoints").is_dir()), reverse=True) if base.is_dir() else []
         for run in runs:
@@ -117,8 +125,18 @@ def find_checkpoint(spec: str, base_output_dir: str | Path) -> Path:
         return named[-1]
     raise CheckpointError(
         f"resume_from_checkpoint: {spec}: no such checkpoint; give 'latest', a checkpoint folder, a run folder, "
-        f"or a checkpoint name found under {base}"
+        f"or a checkpoint name found under {base}" + _existing_checkpoints(base)
     )
+
+
+def _existing_checkpoints(base: Path, limit: int = 20) -> str:
+    """The complete checkpoints under base, newest first, for a message that names a wrong one."""
+    found = [p for p in base.glob("*/checkpoints/*") if p.is_dir() and _complete(p)] if base.is_dir() else []
+    if not found:
+        return f". There is no checkpoint under {base} yet."
+    found.sort(key=lambda p: (p.parent.parent.name, _step_of(p)), reverse=True)
+    more = f"\n  ... and {len(found) - limit} more" if len(found) > limit else ""
+    return ". These exist:\n  - " + "\n  - ".join(str(p) for p in found[:limit]) + more
 
 
 def load_training_state(folder: Path) -> dict:
@@ -135,8 +153,17 @@ RESUMABLE_CHANGES = {
     "num_validation_images_per_prompt", "num_validation_inference_steps", "validation_guidance_scale",
     "enable_cpu_offload_during_validation", "report_to", "resume_from_checkpoint", "dataloader_num_workers",
     "install_embeddings_root", "save_format", "save_model_as", "save_precision", "max_nonfinite_steps",
-    "base_output_dir", "seed", "num_vectors", "output_name", "allow_tf32", "push_to_hub", "hub_model_id", "hub_token", "xformers", "gradient_checkpointing",
+    "base_output_dir", "seed", "output_layout", "save_embedding_every_n_steps", "num_vectors", "output_name", "allow_tf32", "push_to_hub", "hub_model_id", "hub_token", "xformers", "gradient_checkpointing",
 }
+
+
+def changed_vector_count(state: dict, config) -> list[str]:
+    """num_vectors may differ in the config only where it does not decide the count (a phrase or an
+    embedding file brings its own); otherwise the saved vectors cannot continue as another count."""
+    saved = state["config"].get("num_vectors")
+    if config.initial_phrase or config.initial_embedding_file or saved is None or saved == config.num_vectors:
+        return []
+    return [f"num_vectors: checkpoint has {saved!r}, config has {config.num_vectors!r}"]
 
 
 def incompatible_fields(saved: dict, current: dict, prefix: str = "") -> list[str]:

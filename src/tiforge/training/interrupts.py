@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import threading
+from pathlib import Path
 
 
 class TrainingStopped(RuntimeError):
@@ -44,3 +46,11 @@ class StopRequests:
     @property
     def exit_code(self) -> int:
         return 128 + (self.signum or signal.SIGINT)
+
+
+def resume_command(checkpoint: Path | None, run_dir: Path) -> str:
+    """The command that continues this very run: the config.yaml saved with the checkpoint is the
+    run's resolved config (every flag and --set applied, seed and max_train_steps included)."""
+    config = (checkpoint or run_dir) / "config.yaml"
+    target = checkpoint or run_dir
+    return f"tiforge train {shlex.quote(str(config))} --set resume_from_checkpoint={shlex.quote(str(target))}"

@@ -6,22 +6,15 @@ import importlib.util
 import logging
 
 from tiforge.config.schema import ConfigError, TrainingConfig
+from tiforge.training.precision import cpu_autocast_dtypes
 
 log = logging.getLogger("tiforge")
 
 
 def fit_to_machine(config: TrainingConfig, cuda: bool) -> TrainingConfig:
     """GPU-only settings on a machine without CUDA: say so and use what works here."""
-    changes = {}
-    if config.mixed_precision == "fp16" and not cuda:
-        log.warning("mixed_precision fp16 needs a CUDA GPU; training in full precision on this machine")
-        changes["mixed_precision"] = "no"
-    if config.weight_dtype == "float16" and not cuda:
-        log.warning("weight_dtype float16 is slow or unsupported without a CUDA GPU; using float32 on this machine")
-        changes["weight_dtype"] = "float32"
-    if getattr(config, "vae_dtype", None) == "float16" and not cuda:
-        log.warning("vae_dtype float16 is slow or unsupported without a CUDA GPU; using float32 on this machine")
-        changes["vae_dtype"] = "float32"
+    # float16 weights and fp16 mixed precision run on a CPU too; see precision.py for what does not
+    changes = {} if cuda else cpu_autocast_dtypes(config)
     if config.xformers and not cuda:
         log.warning("xformers needs a CUDA GPU; using PyTorch's scaled-dot-product attention on this machine")
         changes["xformers"] = False

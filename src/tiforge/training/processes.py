@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from tiforge.training.run_folders import make_run_dir
+from tiforge.training.output_layout import flat_run_dir
+from tiforge.training.run_folders import check_output_space, make_run_dir
 
 log = logging.getLogger("tiforge")
 
@@ -22,13 +23,18 @@ def fresh_accelerator_state() -> None:
     GradientState._reset_state()
 
 
-def new_run_dir(base_output_dir: str) -> Path:
-    """The main process makes the timestamped folder; the others are told its name."""
+def new_run_dir(config) -> Path:
+    """The main process makes the timestamped folder; the others are told its name. A flat layout
+    (the other tools' command lines) writes into base_output_dir itself."""
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    holder = [str(make_run_dir(base_output_dir)) if state.is_main_process else None]
+    if state.is_main_process:
+        check_output_space(config.base_output_dir, 0)  # unwritable or not a folder: say so before mkdir fails
+    if config.output_layout != "run_folders":
+        return flat_run_dir(config)  # the same folder on every process
+    holder = [str(make_run_dir(config.base_output_dir)) if state.is_main_process else None]
     if state.num_processes > 1:
         broadcast_object_list(holder)
     return Path(holder[0])

@@ -39,14 +39,18 @@ from tiforge.model.placeholders import Placeholder
 from tiforge.model.text_conditioning import PromptEncoder, unet_conditioning
 from tiforge.training import events
 from tiforge.training.checkpoints import capture_rng, load_training_state, restore_rng, save_checkpoint
-from tiforge.training.interrupts import StopRequests, TrainingStopped
+from tiforge.training.interrupts import StopRequests, TrainingStopped, resume_command
 from tiforge.training.machine import fit_to_machine
 from tiforge.training.model_setup import DTYPES, prepare_frozen_model, starting_vectors
 from tiforge.training.optimizers import build_lr_scheduler, build_optimizer, scaled_learning_rate
+from tiforge.training.output_layout import diffusers_concept_files, plan_outputs, run_dir_of_checkpoint
+from tiforge.training.precision import fp16_autocast_on_cpu, guarded_update
 from tiforge.training.processes import agreed, check_ranks_agree, fresh_accelerator_state, new_run_dir
 from tiforge.training.resume import check_resumable, remove_stale_temporaries, resume_point
 from tiforge.training.progress import TrainingBar, one_task, progress_bar
-from tiforge.training.run_folders import check_output_space, embedding_file_name, estimate_output_bytes, log_to_run_dir
+from tiforge.training.run_folders import check_output_space, estimate_output_bytes, log_to_run_dir
+from tiforge.training.run_guard import RunFolderLock, RunRecord, record_failure
+from tiforge.training.start_checks import check_caption_lengths, warn_nothing_left, warn_vector_count
 from tiforge.training.validation import generate_validation_images, log_validation_images
 
 log = logging.getLogger("tiforge")
@@ -89,13 +93,23 @@ class Recipe:
         self.stop_event = stop_event
         self.placeholders: list[Placeholder] = []  # one today; the recipe holds a list for several
         self.global_step = 0
+        self.record = RunRecord()  # what the clean-up after a failure needs to know
 
     def run(self) -> TrainResult:
-        self.setup()
-        with StopRequests() as self.stop_requests:
-            self.train()
-        self.finish()
-        return self.result
+        """A run that fails writes why into its train.log, and a new run that fails before its first
+        step leaves no folder behind."""
+        try:
+            self.setup()
+            with StopRequests() as self.stop_requests:
+                self.train()
+            self.finish()
+            return self.result
+        except BaseException as err:
+            record_failure(self.record, err)
+            raise
+        finally:
+            if self.record.lock is not None:
+                self.record.lock.release()
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -120,7 +134,11 @@ class Recipe:
         config = self.config
         self.resume_from = resume_point(config)
         self.state = load_training_state(self.resume_from) if self.resume_from else None
-        self.run_dir = self.resume_from.parent.parent if self.resume_from else new_run_dir(config.base_output_dir)
+        self.run_dir = run_dir_of_checkpoint(self.resume_from) if self.resume_from else new_run_dir(config)
+        # Only a timestamped folder of our own making may be removed again; a flat layout writes into
+        # the user's output_dir, which is never deleted.
+        self.record.run_dir = self.run_dir
+        self.record.new_run = self.state is None and config.output_layout == "run_folders"
         report_to = None if config.report_to in (None, "none") else config.report_to
         fresh_accelerator_state()
         self.accelerator = Accelerator(
@@ -131,9 +149,11 @@ class Recipe:
             log_with=report_to,
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
         )
+        fp16_autocast_on_cpu(self.accelerator)
         self.main = self.accelerator.is_main_process
         self.device = self.accelerator.device
         if self.main:
+            self.record.lock = RunFolderLock(self.run_dir).acquire()
             log_to_run_dir(self.run_dir)
         if self.state:
             check_resumable(self.state, config, self.resume_from)
@@ -170,6 +190,8 @@ class Recipe:
         """One set of vectors per text encoder: the only trainable parameters."""
         vectors = starting_vectors(self.config, self.parts, self.state)
         self.num_vectors = next(iter(vectors.values())).shape[0]
+        if not self.state:
+            warn_vector_count(self.config, self.num_vectors)
         placeholder = self.prompt_encoder.add_placeholder(self.config.placeholder_token, vectors)
         self.placeholders = [placeholder]
         self.trainable = self.prompt_encoder.trainable()
@@ -181,6 +203,7 @@ class Recipe:
         self.dataset = TextualInversionDataset(self.records, dl, Captioner(dl, self.placeholders[0]),
                                                self.prompt_encoder.tokenizers, seed=self.seed,
                                                sizes=self.scan.sizes, use_masks=config.use_masks)
+        check_caption_lengths(self.dataset, self.prompt_encoder.tokenizers[0], self.placeholders[0].ids)
         self.scaling_factor = parts.vae.config.scaling_factor
         if config.cache_vae_outputs:
             log.info("caching VAE outputs for %d images", len(self.records))
@@ -227,6 +250,7 @@ class Recipe:
             state["batches_in_epoch"]
         if self.skip_batches >= self.batches_per_epoch:
             self.start_epoch, self.skip_batches = self.start_epoch + 1, 0
+        warn_nothing_left(self.resume_from, self.global_step, self.max_steps)
 
     def _write_run_config(self) -> None:
         config = self.config
@@ -247,8 +271,8 @@ class Recipe:
             "epoch(s), lr %g", len(self.dataset), config.train_batch_size, config.gradient_accumulation_steps,
             self.accelerator.num_processes, self.updates_per_epoch, self.max_steps, self.num_epochs, self.lr,
         )
-        file_name = embedding_file_name(config.output_name or self.placeholders[0].token, config.save_model_as)
-        self.result = TrainResult(run_dir=self.run_dir, embedding_path=self.run_dir / file_name,
+        self.plan = plan_outputs(config, self.placeholders[0].token, self.run_dir)
+        self.result = TrainResult(run_dir=self.run_dir, embedding_path=self.plan.final,
                                   global_step=self.global_step, final_loss=None)
         self.metadata = {"tiforge.base_model": config.model, "tiforge.family": self.parts.family}
 
@@ -303,7 +327,7 @@ class Recipe:
                 params = parts.vae.encode(pixels).latent_dist.parameters
         mean_shape = (params.shape[0], params.shape[1] // 2, *params.shape[2:])
         latents = sample_latents(params.float(), self.scaling_factor, self.noise.randn(mean_shape)).to(self.weight_dtype)
-        hidden, unet_kwargs = unet_conditioning(self.text_model, batch["input_ids"], batch, self.weight_dtype)
+        hidden, unet_kwargs = unet_conditioning(self.text_model, batch["input_ids"], batch)
         loss = denoising_loss(
             parts.unet, parts.noise_scheduler, latents, hidden,
             prediction_type=self.prediction_type, min_snr_gamma=self.config.min_snr_gamma,
@@ -315,25 +339,23 @@ class Recipe:
         return loss.detach().float()
 
     def update(self) -> tuple[bool, torch.Tensor | None]:
-        """At the end of an accumulation window: check, clip and apply the gradient; an update that
-        is not finite is undone. Returns (finite, gradient norm)."""
-        accelerator, trainable = self.accelerator, self.trainable
+        """At the end of an accumulation window: check, clip and apply the gradient (unscaled first
+        under fp16); a step that is skipped or overflows comes back as not finite. Returns (finite,
+        gradient norm)."""
+        accelerator, optimizer = self.accelerator, self.optimizer
         finite, grad_norm = True, None
-        if accelerator.sync_gradients and accelerator.scaler is None:
+        if accelerator.sync_gradients:
             # Gradients are averaged over processes by now, so every process decides alike.
-            grad_norm = torch.stack([p.grad.float().norm() for p in trainable]).norm()
-            finite = bool(torch.isfinite(grad_norm))
-            if finite and self.config.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(trainable, self.config.max_grad_norm)
-        if finite:
-            before = [p.detach().clone() for p in trainable] if accelerator.sync_gradients else None
-            self.optimizer.step()
+            outcome = guarded_update(self.trainable, max_grad_norm=self.config.max_grad_norm,
+                                     scaler=accelerator.scaler, unscale=accelerator.unscale_gradients,
+                                     step=optimizer.step, step_was_skipped=lambda: optimizer.step_was_skipped)
+            finite, grad_norm = outcome.finite, outcome.grad_norm
+            if finite:
+                self.lr_scheduler.step()
+        else:  # accelerate only counts these until the window is full
+            optimizer.step()
             self.lr_scheduler.step()
-            if before is not None and not all(bool(torch.isfinite(p).all()) for p in trainable):
-                for p, b in zip(trainable, before):
-                    p.data.copy_(b)  # an update that overflowed: undo it
-                finite = False
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         return finite, grad_norm
 
     def on_nonfinite_step(self) -> None:
@@ -347,6 +369,7 @@ class Recipe:
                       "(max_nonfinite_steps). Lower the learning rate, or use bf16/fp32 instead of fp16.", 3)
 
     def log_step(self, epoch: int, grad_norm: torch.Tensor | None, seconds: float) -> None:
+        self.record.steps = self.global_step
         self.result.final_loss = (self.window_loss / self.window_batches).item()
         self.window_loss.zero_()
         self.window_batches = 0
@@ -363,6 +386,8 @@ class Recipe:
         requested = self.stop_requests.requested or (self.stop_event is not None and self.stop_event.is_set())
         if agreed(self.accelerator, requested):
             self.stop("Training interrupted.", self.stop_requests.exit_code)
+        if config.save_embedding_every_n_steps and step % config.save_embedding_every_n_steps == 0:
+            self.save_snapshot("step", step)
         if config.save_every_n_steps and step % config.save_every_n_steps == 0 and step < self.max_steps:
             self.save_checkpoint("step", step)
         if config.validate_every_n_steps and step % config.validate_every_n_steps == 0 and step < self.max_steps:
@@ -409,17 +434,27 @@ class Recipe:
         path = None
         if self.main:
             config = self.config
+            plan = self.plan
             with one_task(f"saving checkpoint {kind} {index}", self.progress):
                 path = save_checkpoint(
                     self.run_dir, kind, index, self.placeholders[0].token, self.current_vectors(), self.metadata,
                     config.max_checkpoints, state=self.training_state(), config_yaml=self.resolved_yaml,
-                    step=self.global_step, extension=config.save_model_as, file_name=self.result.embedding_path.name,
+                    folder=plan.checkpoint_dir(kind, index), siblings=plan.checkpoint_siblings(kind),
+                    step=self.global_step, extension=plan.extension, file_name=plan.final.name, warn_layout=False,
                     **self.save_options())
+                if plan.snapshots_with_checkpoints:
+                    self.save_snapshot(kind, index)
             self.result.checkpoint_dirs.append(path)
             log.info("checkpoint saved: %s", path)
             self.emit(events.FileWritten("checkpoint", str(path)))
         self.accelerator.wait_for_everyone()
         return path
+
+    def save_snapshot(self, kind: str, index: int) -> None:
+        """The embedding alone, as the diffusers example's --save_steps and kohya's intermediate files."""
+        if self.main:
+            save_embedding(self.plan.snapshot(kind, index), self.placeholders[0].token, self.current_vectors(),
+                           self.metadata, step=self.global_step, warn_layout=False, **self.save_options())
 
     def validate(self, label: str) -> None:
         config = self.config
@@ -452,8 +487,8 @@ class Recipe:
         path = self.save_checkpoint("step", self.global_step)
         self.save_embedding()
         self.accelerator.end_training()
-        raise TrainingStopped(f"{message}\nSaved step {self.global_step}: {self.result.embedding_path}\nTo go on: "
-                              f"tiforge train CONFIG --set resume_from_checkpoint={path or self.run_dir}", exit_code)
+        raise TrainingStopped(f"{message}\nSaved step {self.global_step}: {self.result.embedding_path}\n"
+                              f"To go on: {resume_command(path, self.run_dir)}", exit_code)
 
     # ----------------------------------------------------------------------------------- finish
 
@@ -461,6 +496,10 @@ class Recipe:
         config, main = self.config, self.main
         check_ranks_agree(self.accelerator, torch.cat([v.flatten() for v in self.prompt_encoder.vectors().values()]))
         self.save_embedding()
+        if main and self.plan.layout in ("diffusers", "invokeai"):
+            for path, text in diffusers_concept_files(self.run_dir, self.placeholders[0].token,
+                                                      config.data_loader.caption_preset):
+                atomic_write_text(path, text + "\n")
         if main and config.install_embeddings_root:
             installed = install_for_invokeai(self.result.embedding_path, config.install_embeddings_root,
                                              self.placeholders[0].token)

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from tiforge.config.schema import TrainingConfig
-from tiforge.training.checkpoints import CheckpointError, find_checkpoint, incompatible_fields
+from tiforge.training.checkpoints import CheckpointError, changed_vector_count, find_checkpoint, incompatible_fields
 
 log = logging.getLogger("tiforge")
 
@@ -26,7 +26,7 @@ def resume_point(config: TrainingConfig) -> Path | None:
 
 
 def check_resumable(state: dict, config: TrainingConfig, folder: Path) -> None:
-    problems = incompatible_fields(state["config"], config.model_dump(mode="json"))
+    problems = incompatible_fields(state["config"], config.model_dump(mode="json")) + changed_vector_count(state, config)
     if problems:
         raise CheckpointError(
             f"{folder}: cannot resume with a different setup; change these back or start a new run:\n  - "

@@ -37,6 +37,8 @@ def check_output_space(base_output_dir: str | Path, needed_bytes: int) -> None:
     import tempfile
 
     base = Path(base_output_dir).expanduser()
+    if base.exists() and not base.is_dir():
+        raise OutputError(f"base_output_dir {base}: is a file, not a folder; choose a folder for the run folders")
     try:
         base.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=base, prefix=".tiforge-write-test"):

@@ -44,12 +44,17 @@ def _cpu_offload(pipe, device: torch.device, enabled: bool):
 
 
 @torch.no_grad()
-def make_pipeline(components, prompt_encoder: PromptEncoder):
-    """A diffusers pipeline around the frozen parts and the text encoders being trained."""
+def make_pipeline(components, prompt_encoder: PromptEncoder, with_text_encoders: bool = True):
+    """A diffusers pipeline around the frozen parts and the text encoders being trained. Without them
+    (validation passes `prompt_encoder`'s own output), the pipeline keeps the conditioning in the
+    dtype it was given instead of recasting it to the text encoders' (float32 vectors make that
+    float32 even when the UNet runs in bf16/fp16)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     scheduler = DPMSolverMultistepScheduler.from_config(components.noise_scheduler.config)
-    encoders, tokenizers = prompt_encoder.text_encoders, prompt_encoder.tokenizers
+    encoders, tokenizers = list(prompt_encoder.text_encoders), prompt_encoder.tokenizers
+    if not with_text_encoders:
+        encoders = [None] * len(encoders)
     if prompt_encoder.sdxl:
         return StableDiffusionXLPipeline(
             vae=components.vae, text_encoder=encoders[0], text_encoder_2=encoders[1], tokenizer=tokenizers[0],
@@ -75,6 +80,32 @@ def prompt_kwargs(prompt_encoder: PromptEncoder, prompt: str, negative: str, zer
     return kwargs
 
 
+@torch.no_grad()
+def decode_latents(pipe, latents: torch.Tensor, device: torch.device) -> list[Image.Image]:
+    """Latents (in the UNet's dtype) -> pictures, decoded in the VAE's own dtype: `vae_dtype` may differ
+    from the UNet's, which diffusers' pipelines do not allow for. An fp16 VAE that asks for it
+    (`force_upcast`, SDXL's) decodes in float32 as diffusers does, since it overflows in fp16."""
+    vae = pipe.vae
+    own_dtype = vae.dtype
+    upcast = own_dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    dtype = torch.float32 if upcast else own_dtype
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    latents = latents.to(device, dtype)
+    if mean is not None and std is not None:
+        shape = (1, latents.shape[1], 1, 1)
+        latents = latents * torch.tensor(std, dtype=dtype, device=device).view(shape) / vae.config.scaling_factor \
+            + torch.tensor(mean, dtype=dtype, device=device).view(shape)
+    else:
+        latents = latents / vae.config.scaling_factor
+    if upcast:
+        vae.to(dtype=dtype)
+    try:
+        pixels = vae.decode(latents, return_dict=False)[0]
+    finally:
+        vae.to(dtype=own_dtype)
+    return pipe.image_processor.postprocess(pixels.float(), output_type="pil")
+
+
 def generate_validation_images(
     *,
     components,
@@ -96,7 +127,7 @@ def generate_validation_images(
 
     vae_device = next(components.vae.parameters()).device
     components.vae.to(device)  # it may have been parked on the CPU after latent caching
-    pipe = make_pipeline(components, prompt_encoder)
+    pipe = make_pipeline(components, prompt_encoder, with_text_encoders=False)
     pipe.set_progress_bar_config(disable=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     all_images: list[list[Image.Image]] = []
@@ -109,7 +140,7 @@ def generate_validation_images(
             for i, prompt in enumerate(prompts):
                 negative = negative_prompts[i] if negative_prompts else ""
                 generator = torch.Generator(device="cpu").manual_seed((seed or 0) + i)
-                images = pipe(
+                latents = pipe(
                     **prompt_kwargs(prompt_encoder, prompt, negative,
                                     getattr(pipe.config, "force_zeros_for_empty_prompt", True)),
                     num_images_per_prompt=images_per_prompt,
@@ -118,7 +149,9 @@ def generate_validation_images(
                     height=resolution[0],
                     width=resolution[1],
                     generator=generator,
+                    output_type="latent",
                 ).images
+                images = decode_latents(pipe, latents, device)
                 for j, image in enumerate(images):
                     image.save(out_dir / f"prompt{i:02d}_image{j:02d}.png")
                 all_images.append(images)
