@@ -16,7 +16,8 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
   TORCH_INDEX=()  # PyPI's Linux torch wheels are the CUDA build
 else
   echo "no NVIDIA GPU (nvidia-smi): installing the CPU build of torch"
-  TORCH_INDEX=(--extra-index-url https://download.pytorch.org/whl/cpu)  # 2.13.0+cpu outranks PyPI's 2.13.0
+  # 2.13.0+cpu outranks PyPI's 2.13.0; offline, pip falls back to its configured sources after one retry
+  TORCH_INDEX=(--retries 1 --extra-index-url https://download.pytorch.org/whl/cpu)
 fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
