@@ -100,6 +100,14 @@ class PromptEncoder(nn.Module):
         vectors = self.vectors()
         return vectors if self.sdxl else vectors[self.names[0]]
 
+    def vector_norms(self) -> dict[str, float]:
+        """Each learned vector's norm, keyed as the trackers log them."""
+        norms = {}
+        for name, vectors in self.vectors().items():
+            prefix = f"vector_norm/{name}/" if self.sdxl else "vector_norm/"
+            norms.update({f"{prefix}{i}": n for i, n in enumerate(vectors.float().norm(dim=1).tolist())})
+        return norms
+
     @property
     def widths(self) -> dict[str, int]:
         return {name: enc.get_input_embeddings().embedding_dim for name, enc in zip(self.names, self.text_encoders)}

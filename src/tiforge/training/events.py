@@ -76,3 +76,14 @@ def ignore(event: Event) -> None:
 def on_steps(handler: Callable[[Step], None]) -> Listener:
     """A listener that hears only the steps."""
     return lambda event: handler(event) if isinstance(event, Step) else None
+
+
+def fan_out(*listeners: Listener | None) -> Listener:
+    """One listener that tells each of the given ones (None entries are left out)."""
+    present = [each for each in listeners if each is not None]
+
+    def tell(event: Event) -> None:
+        for each in present:
+            each(event)
+
+    return tell

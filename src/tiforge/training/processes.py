@@ -23,6 +23,22 @@ def fresh_accelerator_state() -> None:
     GradientState._reset_state()
 
 
+def make_accelerator(config, run_dir: Path):
+    """A fresh accelerator for this run: its accumulation, mixed precision, trackers and log folder."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    fresh_accelerator_state()
+    return Accelerator(
+        # Without CUDA, only an explicit cpu=True lets `accelerate launch` start gloo ranks.
+        cpu=not torch.cuda.is_available(),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision or "no",
+        log_with=None if config.report_to in (None, "none") else config.report_to,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    )
+
+
 def new_run_dir(config) -> Path:
     """The main process makes the timestamped folder; the others are told its name. A flat layout
     (the other tools' command lines) writes into base_output_dir itself."""

@@ -31,27 +31,27 @@ from tiforge.data.captions import Captioner, check_captions_hold_placeholder
 from tiforge.data.latent_cache import cache_vae_outputs, check_cacheable, default_cache_dir
 from tiforge.data.sources import apply_kohya_dataset_settings, find_records
 from tiforge.embeddings.convert import install_for_invokeai
-from tiforge.embeddings.files import save_embedding
 from tiforge.embeddings.hub import push_embedding
 from tiforge.model.loading import load_sd_components
 from tiforge.model.loss import NoiseSource, denoising_loss, sample_latents
 from tiforge.model.placeholders import Placeholder
-from tiforge.model.text_conditioning import PromptEncoder, unet_conditioning
+from tiforge.model.text_conditioning import unet_conditioning
 from tiforge.training import events
-from tiforge.training.checkpoints import capture_rng, load_training_state, restore_rng, save_checkpoint
+from tiforge.training.checkpoints import capture_rng, load_training_state, restore_rng
 from tiforge.training.interrupts import StopRequests, TrainingStopped, resume_command
 from tiforge.training.machine import fit_to_machine
 from tiforge.training.model_setup import DTYPES, prepare_frozen_model, starting_vectors
 from tiforge.training.optimizers import build_lr_scheduler, build_optimizer, scaled_learning_rate
 from tiforge.training.output_layout import diffusers_concept_files, plan_outputs, run_dir_of_checkpoint
 from tiforge.training.precision import fp16_autocast_on_cpu, guarded_update
-from tiforge.training.processes import agreed, check_ranks_agree, fresh_accelerator_state, new_run_dir
+from tiforge.training.processes import agreed, check_ranks_agree, make_accelerator, new_run_dir
 from tiforge.training.resume import check_resumable, remove_stale_temporaries, resume_point
-from tiforge.training.progress import TrainingBar, one_task, progress_bar
+from tiforge.training.progress import TrainingBar, progress_bar
 from tiforge.training.run_folders import check_output_space, estimate_output_bytes, log_to_run_dir
+from tiforge.training.saving import RunFiles
 from tiforge.training.run_guard import RunFolderLock, RunRecord, record_failure
 from tiforge.training.start_checks import check_caption_lengths, warn_nothing_left, warn_vector_count
-from tiforge.training.validation import generate_validation_images, log_validation_images
+from tiforge.training.validation import validate_with_config
 
 log = logging.getLogger("tiforge")
 
@@ -71,14 +71,8 @@ def train(config: TrainingConfig, progress: bool = True, listener: events.Listen
     """Train one embedding. `listener` hears every event (steps, files written, the end); setting
     `stop_event` stops after the current step as Ctrl-C does (checkpoint, embedding, TrainingStopped)."""
     bar = TrainingBar() if progress else None
-    listeners = [x for x in (bar, listener) if x is not None]
-
-    def tell(event: events.Event) -> None:
-        for each in listeners:
-            each(event)
-
     try:
-        return Recipe(config, progress, tell, stop_event).run()
+        return Recipe(config, progress, events.fan_out(bar, listener), stop_event).run()
     finally:
         if bar is not None:
             bar.close()
@@ -128,8 +122,7 @@ class Recipe:
         self._write_run_config()
 
     def _setup_run_folder_and_accelerator(self) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, set_seed
+        from accelerate.utils import set_seed
 
         config = self.config
         self.resume_from = resume_point(config)
@@ -139,16 +132,7 @@ class Recipe:
         # the user's output_dir, which is never deleted.
         self.record.run_dir = self.run_dir
         self.record.new_run = self.state is None and config.output_layout == "run_folders"
-        report_to = None if config.report_to in (None, "none") else config.report_to
-        fresh_accelerator_state()
-        self.accelerator = Accelerator(
-            # Without CUDA, only an explicit cpu=True lets `accelerate launch` start gloo ranks.
-            cpu=not torch.cuda.is_available(),
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            mixed_precision=config.mixed_precision or "no",
-            log_with=report_to,
-            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
-        )
+        self.accelerator = make_accelerator(config, self.run_dir)
         fp16_autocast_on_cpu(self.accelerator)
         self.main = self.accelerator.is_main_process
         self.device = self.accelerator.device
@@ -274,7 +258,9 @@ class Recipe:
         self.plan = plan_outputs(config, self.placeholders[0].token, self.run_dir)
         self.result = TrainResult(run_dir=self.run_dir, embedding_path=self.plan.final,
                                   global_step=self.global_step, final_loss=None)
-        self.metadata = {"tiforge.base_model": config.model, "tiforge.family": self.parts.family}
+        metadata = {"tiforge.base_model": config.model, "tiforge.family": self.parts.family}
+        self.files = RunFiles(config, self.plan, self.run_dir, self.placeholders[0].token, metadata,
+                              self.resolved_yaml, self.progress)
 
     # ------------------------------------------------------------------------------------ train
 
@@ -376,7 +362,7 @@ class Recipe:
         logs = {"loss": self.result.final_loss, "lr": self.lr_scheduler.get_last_lr()[0]}
         if grad_norm is not None:
             logs["grad_norm"] = grad_norm.item()
-        self.accelerator.log({**logs, **_vector_norms(self.prompt_encoder)}, step=self.global_step)
+        self.accelerator.log({**logs, **self.prompt_encoder.vector_norms()}, step=self.global_step)
         if self.main:
             self.emit(events.Step(self.global_step, self.max_steps, epoch, logs["loss"], logs["lr"], seconds,
                                   str(self.run_dir)))
@@ -405,14 +391,9 @@ class Recipe:
     def current_vectors(self) -> torch.Tensor | dict[str, torch.Tensor]:
         return self.accelerator.unwrap_model(self.text_model).file_vectors()
 
-    def save_options(self) -> dict:
-        return {"format": self.config.save_format, "precision": self.config.save_precision}
-
     def save_embedding(self) -> None:
         if self.main:
-            path = self.result.embedding_path
-            save_embedding(path, self.placeholders[0].token, self.current_vectors(), self.metadata,
-                           step=self.global_step, **self.save_options())
+            path = self.files.embedding(self.current_vectors(), self.global_step)
             log.info("embedding saved: %s", path)
             self.emit(events.FileWritten("embedding", str(path)))
         self.accelerator.wait_for_everyone()
@@ -433,17 +414,7 @@ class Recipe:
     def save_checkpoint(self, kind: str, index: int) -> Path | None:
         path = None
         if self.main:
-            config = self.config
-            plan = self.plan
-            with one_task(f"saving checkpoint {kind} {index}", self.progress):
-                path = save_checkpoint(
-                    self.run_dir, kind, index, self.placeholders[0].token, self.current_vectors(), self.metadata,
-                    config.max_checkpoints, state=self.training_state(), config_yaml=self.resolved_yaml,
-                    folder=plan.checkpoint_dir(kind, index), siblings=plan.checkpoint_siblings(kind),
-                    step=self.global_step, extension=plan.extension, file_name=plan.final.name, warn_layout=False,
-                    **self.save_options())
-                if plan.snapshots_with_checkpoints:
-                    self.save_snapshot(kind, index)
+            path = self.files.checkpoint(kind, index, self.current_vectors(), self.global_step, self.training_state())
             self.result.checkpoint_dirs.append(path)
             log.info("checkpoint saved: %s", path)
             self.emit(events.FileWritten("checkpoint", str(path)))
@@ -451,32 +422,15 @@ class Recipe:
         return path
 
     def save_snapshot(self, kind: str, index: int) -> None:
-        """The embedding alone, as the diffusers example's --save_steps and kohya's intermediate files."""
         if self.main:
-            save_embedding(self.plan.snapshot(kind, index), self.placeholders[0].token, self.current_vectors(),
-                           self.metadata, step=self.global_step, warn_layout=False, **self.save_options())
+            self.files.snapshot(kind, index, self.current_vectors(), self.global_step)
 
     def validate(self, label: str) -> None:
-        config = self.config
-        if self.main and config.validation_prompts:
+        if self.main and self.config.validation_prompts:
             out_dir = self.run_dir / "validation" / label
-            images = generate_validation_images(
-                components=self.parts,
-                prompt_encoder=self.accelerator.unwrap_model(self.text_model),
-                prompts=config.validation_prompts,
-                negative_prompts=config.negative_validation_prompts,
-                images_per_prompt=config.num_validation_images_per_prompt,
-                num_inference_steps=config.num_validation_inference_steps,
-                guidance_scale=config.validation_guidance_scale,
-                resolution=config.data_loader.height_width,
-                seed=self.seed,
-                device=self.device,
-                out_dir=out_dir,
-                cpu_offload=config.enable_cpu_offload_during_validation,
-                autocast=self.accelerator.autocast,
-                progress=self.progress,
-            )
-            log_validation_images(self.accelerator.trackers, images, config.validation_prompts, self.global_step)
+            validate_with_config(self.config, self.parts, self.accelerator.unwrap_model(self.text_model), out_dir,
+                                 self.seed, self.device, self.accelerator.autocast, self.accelerator.trackers,
+                                 self.global_step, self.progress)
             self.result.validation_dirs.append(out_dir)
             log.info("validation images: %s", out_dir)
             self.emit(events.FileWritten("validation", str(out_dir)))
@@ -513,10 +467,3 @@ class Recipe:
             self.emit(events.Finished(str(self.run_dir), str(self.result.embedding_path), self.global_step,
                                       self.result.final_loss))
 
-
-def _vector_norms(prompt_encoder: PromptEncoder) -> dict[str, float]:
-    norms = {}
-    for name, vectors in prompt_encoder.vectors().items():
-        prefix = f"vector_norm/{name}/" if prompt_encoder.sdxl else "vector_norm/"
-        norms.update({f"{prefix}{i}": n for i, n in enumerate(vectors.float().norm(dim=1).tolist())})
-    return norms

@@ -179,3 +179,26 @@ def log_validation_images(trackers, all_images: list[list[Image.Image]], prompts
                 {"validation": [wandb.Image(im, caption=prompts[i]) for i, row in enumerate(all_images) for im in row]},
                 step=step,
             )
+
+
+def validate_with_config(config, components, prompt_encoder: PromptEncoder, out_dir: Path, seed: int | None,
+                         device: torch.device, autocast, trackers, step: int, progress: bool) -> None:
+    """Validation as a run's config asks for it: its prompts, counts, steps and size; the pictures
+    and their grid in `out_dir`, and in the trackers."""
+    images = generate_validation_images(
+        components=components,
+        prompt_encoder=prompt_encoder,
+        prompts=config.validation_prompts,
+        negative_prompts=config.negative_validation_prompts,
+        images_per_prompt=config.num_validation_images_per_prompt,
+        num_inference_steps=config.num_validation_inference_steps,
+        guidance_scale=config.validation_guidance_scale,
+        resolution=config.data_loader.height_width,
+        seed=seed,
+        device=device,
+        out_dir=out_dir,
+        cpu_offload=config.enable_cpu_offload_during_validation,
+        autocast=autocast,
+        progress=progress,
+    )
+    log_validation_images(trackers, images, config.validation_prompts, step)
