@@ -229,7 +229,7 @@ def test_json_lines_progress(tiny_sd1, image_dir, tmp_path, capsys):
 
 
 def test_progress_bars_for_loading_caching_training_validation(tiny_sd1, image_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("tiforge.cli.plain_progress_wanted", lambda: False)  # as on a terminal
+    monkeypatch.setattr("tiforge.frontends.cli.plain_progress_wanted", lambda: False)  # as on a terminal
     assert main(["train", "--pretrained_model_name_or_path", str(tiny_sd1), "--train_data_dir", str(image_dir),
                  "--learnable_property", "object", "--placeholder_token", "<j>", "--initializer_token", "toy",
                  "--output_dir", str(tmp_path), "--max_train_steps", "2", "--resolution", "32", "--cache_latents",

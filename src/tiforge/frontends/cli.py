@@ -253,7 +253,8 @@ def _quiet_library_progress() -> None:
 # Errors a user can fix: message and exit code 2, no traceback. Looked up by module so that the
 # CLI need not import torch-heavy modules before it knows the command.
 USER_ERRORS = {
-    "tiforge.config.schema": "ConfigError", "tiforge.training.checkpoints": "CheckpointError", "tiforge.data.sources": "DatasetError",
+    "tiforge.config.schema": "ConfigError", "tiforge.training.checkpoints": "CheckpointError",
+    "tiforge.data.sources": "DatasetError",
     "tiforge.embeddings.files": "EmbeddingFileError", "tiforge.model.loading": "ModelLoadError",
     "tiforge.training.run_folders": "OutputError", "tiforge.model.placeholders": "TokenError",
 }
