@@ -96,8 +96,8 @@ def test_printed_resume_command_finishes_the_interrupted_run_bit_identically(tin
     full_cfg = base_config(tiny_sd1, image_dir, tmp_path / "full", train_batch_size=1, max_train_steps=6,
                            save_every_n_steps=2)
     full = train(config_from_dict(full_cfg), progress=False)
-    expected = load_file(full.embedding_path)["<thing>"]
-    assert torch.equal(load_file(run_dir / "thing.safetensors")["<thing>"], expected)
+    expected = load_file(full.embedding_path)["emb_params"]
+    assert torch.equal(load_file(run_dir / "thing.safetensors")["emb_params"], expected)
 
 
 def test_resuming_past_the_end_says_nothing_is_left(tiny_sd1, image_dir, tmp_path, caplog):
@@ -332,7 +332,7 @@ def test_embedding_file_with_more_vectors_than_num_vectors_says_which_wins(tiny_
     with caplog.at_level(logging.WARNING, logger="tiforge"):
         result = train(config_from_dict(cfg), progress=False)
     assert "num_vectors is 2" in caplog.text and "initial_embedding_file" in caplog.text and "wins" in caplog.text
-    assert load_file(result.embedding_path)["<thing>"].shape == (3, 32)
+    assert load_file(result.embedding_path)["emb_params"].shape == (3, 32)
 
 
 # ------------------------------------------------------------ 8. resuming from nothing
