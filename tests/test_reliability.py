@@ -390,7 +390,7 @@ def test_every_train_flag_has_one_line_of_help_in_its_group(capsys):
     (["--pretrained_model_name_or_path", "m"], ["--output_dir (base_output_dir) is required",
                                                 "--train_data_dir (data_loader) is required"]),
     (["--token_string", "<x>"], ["--pretrained_model_name_or_path (model) is required"]),
-    (["--model", "m", "--output_dir", "o"], ["--placeholder_token (placeholder_token) is required"]),
+    (["--model", ".", "--output_dir", "o"], ["--placeholder_token (placeholder_token) is required"]),
     (["--base_output_dir", "o"], ["--model (model) is required", "--dataset_dir (data_loader) is required"]),
 ])
 def test_missing_fields_are_named_in_the_flag_spelling_used(argv, expected, capsys):
