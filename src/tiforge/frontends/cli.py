@@ -188,6 +188,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="with --check, print the resolved config")
     p.set_defaults(func=_cmd_config)
 
+    _add_embedding_commands(sub)
+
+    p = sub.add_parser("ui", help="keyboard-driven console front end (like invokeai-ti --gui)")
+    p.set_defaults(func=_cmd_ui)
+
+    p = sub.add_parser("demo", help="teach the built-in toy model a new word from 6 pictures and judge the result (offline)")
+    p.add_argument("--output-dir", default="tiforge-demo", help="where the run folder goes (default: ./tiforge-demo)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _add_embedding_commands(sub) -> None:
+    """convert, inspect, install, generate: the commands on embedding files."""
     p = sub.add_parser("convert", help="rewrite an embedding in another tool's layout (vectors unchanged)")
     p.add_argument("input")
     p.add_argument("output", help="the container follows the extension: .safetensors, .bin, .pt, .ckpt, .png (a1111)")
@@ -225,16 +240,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--single-file-config")
     p.add_argument("--hf-variant")
     p.set_defaults(func=_cmd_generate)
-
-    p = sub.add_parser("ui", help="keyboard-driven console front end (like invokeai-ti --gui)")
-    p.set_defaults(func=_cmd_ui)
-
-    p = sub.add_parser("demo", help="teach the built-in toy model a new word from 6 pictures and judge the result (offline)")
-    p.add_argument("--output-dir", default="tiforge-demo", help="where the run folder goes (default: ./tiforge-demo)")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.set_defaults(func=_cmd_demo)
-    return parser
 
 
 def _quiet_library_progress() -> None:
