@@ -406,3 +406,66 @@ def test_missing_fields_in_a_yaml_file_are_named_by_field_path(tmp_path, capsys)
                                                    "dataset": {"type": "IMAGE_DIR_DATASET"}}})
     code, out, err = cli(capsys, "train", str(path), "-q")
     assert code == 2 and "  - model: Field required" in err and "data_loader.dataset.dataset_dir: Field required" in err
+
+
+# ------------------------------------------------------------ found by trying it as a new user
+
+
+def test_data_workers_leave_stop_signals_to_the_training_process(tiny_sd1, image_dir, tmp_path):
+    """`timeout` and systemd send SIGTERM to the whole process group: a worker must not die of it."""
+    from tiforge.data.dataset import ignore_stop_signals, make_dataloader
+
+    cfg = config_from_dict(base_config(tiny_sd1, image_dir, tmp_path / "out"))
+    from tiforge.data.captions import Captioner
+    from tiforge.data.dataset import TextualInversionDataset
+    from tiforge.data.sources import find_records
+    from tiforge.model.clip_tokenizer import load_clip_tokenizer
+    from tiforge.model.placeholders import Placeholder
+
+    dl = cfg.data_loader
+    dataset = TextualInversionDataset(find_records(dl, False), dl, Captioner(dl, Placeholder("<t>", ("<t>",), (1,))),
+                                      [load_clip_tokenizer()], seed=0)
+    assert make_dataloader(dataset, 1, num_workers=2).worker_init_fn is ignore_stop_signals
+    assert make_dataloader(dataset, 1, num_workers=0).worker_init_fn is None
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        ignore_stop_signals(0)  # what each worker runs first
+        assert signal.getsignal(signal.SIGINT) == signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+
+
+def test_a_wrong_checkpoint_name_lists_the_flat_layouts_checkpoints(tmp_path):
+    from tiforge.training.checkpoints import POSITION_FILE, STATE_FILE, find_checkpoint
+
+    for step in (1, 2):
+        folder = tmp_path / f"checkpoint-{step}"  # the diffusers layout: checkpoints right in output_dir
+        folder.mkdir()
+        (folder / STATE_FILE).write_bytes(b"")
+        (folder / POSITION_FILE).write_text(json.dumps({"global_step": step, "epoch": 1, "batches_in_epoch": step}))
+    with pytest.raises(CheckpointError) as err:
+        find_checkpoint("nonsense", tmp_path)
+    assert "These exist" in str(err.value) and "checkpoint-2" in str(err.value) and "no checkpoint" not in str(err.value)
+
+
+def test_quiet_switch_may_come_before_the_config_file(tiny_sd1, image_dir, tmp_path, capsys):
+    path = write_config(tmp_path, base_config(tiny_sd1, image_dir, tmp_path / "out"))
+    code, out, err = cli(capsys, "train", "-q", str(path), "--print-config")
+    assert code == 0 and "placeholder_token" in out
+
+
+def test_a_failed_flag_run_removes_the_output_folder_it_made_and_keeps_a_users(image_dir, tmp_path, capsys):
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    line = [f"--pretrained_model_name_or_path={not_a_model}", f"--train_data_dir={image_dir}",
+            "--learnable_property=object", "--placeholder_token=<c>", "--initializer_token=toy", "--resolution=32",
+            "--max_train_steps=1", "--report_to=none", "-q"]
+    made = tmp_path / "new-out"
+    code, _, err = cli(capsys, "train", *line, f"--output_dir={made}")
+    assert code == 2 and not made.exists()
+    users = tmp_path / "users-out"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    code, _, err = cli(capsys, "train", *line, f"--output_dir={users}")
+    assert code == 2 and (users / "notes.txt").read_text() == "mine"

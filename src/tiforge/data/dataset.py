@@ -214,12 +214,23 @@ def collate(items: list[dict]) -> dict:
     return batch
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave Ctrl-C and SIGTERM to the training process, which saves and stops; `timeout`,
+    systemd and a terminal's Ctrl-C signal the whole process group, and a worker killed by it would
+    otherwise crash the run before it could save."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_dataloader(dataset: TextualInversionDataset, batch_size: int, num_workers: int) -> DataLoader:
     return DataLoader(
         dataset,
         batch_sampler=EpochBatchSampler(dataset, batch_size, dataset.seed),
         collate_fn=collate,
         num_workers=num_workers,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
         # workers are cheap to keep and the sampler, not the workers, carries the epoch
         persistent_workers=num_workers > 0,
     )

@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # The optional YAML path right after `train` is taken off in main(): argparse would mistake
     # the values of other tools' flags for it.
-    p.usage = "tiforge train [CONFIG.yaml] [--set KEY=VALUE ...] [--print-config] [-q] [--FLAG VALUE ...]"
+    p.usage = "tiforge train [CONFIG.yaml] [--set KEY=VALUE ...] [--print-config] [-q] [--json] [--FLAG VALUE ...]"
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, dotted for nested ones (e.g. optimizer.learning_rate=1e-3)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -279,6 +279,9 @@ def _fail(args, message: str, code: int, prefix: str = "tiforge: error: ") -> in
     return code
 
 
+_SWITCHES = ("-q", "--quiet", "--json", "--print-config")
+
+
 def main(argv: list[str] | None = None) -> int:
     # Library chatter (optional-dependency notices, deprecation hints) drowns tiforge's own messages.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -287,9 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path = None
     head = 2 if argv[:2] == ["dataset", "check"] else 1 if argv[:1] == ["train"] else 0
-    if head and len(argv) > head and not argv[head].startswith("-"):
+    at = head
+    while head and at < len(argv) and argv[at] in _SWITCHES:
+        at += 1  # `tiforge train -q my.yaml`: switches that take no value may come first
+    if head and at < len(argv) and not argv[at].startswith("-"):
         # The YAML file comes right after `train`; later bare words are values of other tools' flags.
-        config_path = argv.pop(head)
+        config_path = argv.pop(at)
     args, extra = parser.parse_known_args(argv)
     if head:
         args.config, args.flags = config_path, extra

@@ -131,10 +131,12 @@ def find_checkpoint(spec: str, base_output_dir: str | Path) -> Path:
 
 def _existing_checkpoints(base: Path, limit: int = 20) -> str:
     """The complete checkpoints under base, newest first, for a message that names a wrong one."""
-    found = [p for p in base.glob("*/checkpoints/*") if p.is_dir() and _complete(p)] if base.is_dir() else []
+    # run folders' checkpoints/, and the flat layouts' checkpoint folders right in base
+    candidates = [*base.glob("*/checkpoints/*"), *base.glob("*")] if base.is_dir() else []
+    found = [p for p in candidates if p.is_dir() and _complete(p)]
     if not found:
         return f". There is no checkpoint under {base} yet."
-    found.sort(key=lambda p: (p.parent.parent.name, _step_of(p)), reverse=True)
+    found.sort(key=lambda p: (str(p.parent), _step_of(p)), reverse=True)
     more = f"\n  ... and {len(found) - limit} more" if len(found) > limit else ""
     return ". These exist:\n  - " + "\n  - ".join(str(p) for p in found[:limit]) + more
 

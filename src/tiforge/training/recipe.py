@@ -127,11 +127,13 @@ class Recipe:
         config = self.config
         self.resume_from = resume_point(config)
         self.state = load_training_state(self.resume_from) if self.resume_from else None
+        flat = config.output_layout != "run_folders"
+        made_here = not flat or not Path(config.base_output_dir).expanduser().exists()
         self.run_dir = run_dir_of_checkpoint(self.resume_from) if self.resume_from else new_run_dir(config)
-        # Only a timestamped folder of our own making may be removed again; a flat layout writes into
-        # the user's output_dir, which is never deleted.
+        # Only a folder this run made may be removed again after a failure: a timestamped run folder,
+        # or a flat layout's output_dir that did not exist before; never a user's existing folder.
         self.record.run_dir = self.run_dir
-        self.record.new_run = self.state is None and config.output_layout == "run_folders"
+        self.record.new_run = self.state is None and made_here
         self.accelerator = make_accelerator(config, self.run_dir)
         fp16_autocast_on_cpu(self.accelerator)
         self.main = self.accelerator.is_main_process
