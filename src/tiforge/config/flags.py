@@ -13,7 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, get_args, get_origin
 
-from tiforge.config.schema import AdamWOptimizerConfig, ConfigError, SdxlTextualInversionConfig
+from tiforge.config.schema import (AdamWOptimizerConfig, ConfigError, SdxlTextualInversionConfig,
+                                   WEIGHT_DTYPE_OF_MIXED_PRECISION)
 from tiforge.config.data_schema import ImageCaptionDirDatasetConfig, TextualInversionSDDataLoaderConfig
 
 log = logging.getLogger("tiforge")
@@ -119,7 +120,6 @@ def _shuffle_caption(value: Any, out: Overrides) -> None:
 
 # diffusers' scripts, invokeai-ti and kohya cast the frozen weights to the mixed-precision dtype; so does the
 # flag here (unless weight_dtype is given). In YAML the two fields stay apart, as in invoke-training.
-WEIGHT_DTYPE_OF_MIXED_PRECISION = {"fp16": "float16", "bf16": "bfloat16", "no": "float32"}
 
 
 def _mixed_precision(value: Any, out: Overrides) -> None:

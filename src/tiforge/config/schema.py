@@ -20,6 +20,10 @@ ReportTo = Literal[
 
 
 
+# The frozen weights' dtype that goes with each mixed precision (the other tools cast them so).
+WEIGHT_DTYPE_OF_MIXED_PRECISION = {"fp16": "float16", "bf16": "bfloat16", "no": "float32"}
+
+
 class ConfigError(ValueError):
     """A config a user must fix; the message lists every problem with its field path."""
 

@@ -15,21 +15,24 @@ from typing import Callable
 
 import torch
 
+from tiforge.config.schema import WEIGHT_DTYPE_OF_MIXED_PRECISION
+
 log = logging.getLogger("tiforge")
 
 
-AUTOCAST_DTYPE = {"fp16": "float16", "bf16": "bfloat16"}
+HALF = ("float16", "bfloat16")
 
 
 def cpu_autocast_dtypes(config) -> dict[str, str]:
     """The one CPU limit: under autocast, torch's CPU layer/group norm refuse weights in the *other*
     half dtype (bf16 weights under fp16 autocast, or the reverse); on a GPU autocast runs norms in
     float32 and the pair works. Such frozen weights (and VAE) take the autocast dtype here."""
-    target = AUTOCAST_DTYPE.get(config.mixed_precision or "no")
+    target = WEIGHT_DTYPE_OF_MIXED_PRECISION.get(config.mixed_precision) if config.mixed_precision in ("fp16", "bf16") \
+        else None
     changes = {}
     for field in ("weight_dtype", "vae_dtype"):
         current = getattr(config, field, None)
-        if target and current in AUTOCAST_DTYPE.values() and current != target:
+        if target and current in HALF and current != target:
             log.warning("%s %s under mixed_precision %s does not run on a CPU (its norms refuse mixed half "
                         "dtypes); using %s on this machine", field, current, config.mixed_precision, target)
             changes[field] = target

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from tiforge.data.sources import DatasetError
 
+from tiforge.data.checks import MAX_TOKENS  # CLIP's window: start token, 75 caption tokens, end token
+
 log = logging.getLogger("tiforge")
 
-CLIP_WINDOW = 77  # CLIP's context: start token, 75 caption tokens, end token
 
 
-def check_caption_lengths(dataset, tokenizer, placeholder_ids, window: int = CLIP_WINDOW) -> None:
+def check_caption_lengths(dataset, tokenizer, placeholder_ids, window: int = MAX_TOKENS) -> None:
     """Captions longer than the token window lose their end. Warn about them; refuse when the cut
     removes (some of) the placeholder's tokens, since those pictures would then train nothing.
     `window` is the token window length (kohya's max_token_length will widen it)."""
