@@ -97,9 +97,10 @@ def find_checkpoint(spec: str, base_output_dir: str | Path) -> Path:
     """`latest` (the newest run in base_output_dir that has one), a checkpoint folder, a run folder,
     or a checkpoint's name such as `checkpoint-step_00001500` (looked up in base_output_dir)."""
     base = Path(base_output_dir).expanduser()
-    flat = _latest_in(base.iterdir()) if base.is_dir() else None  # the diffusers / kohya layouts: checkpoints in base
-    if spec == "latest" and flat:
-        return flat
+    if spec == "latest" and base.is_dir():
+        flat = _latest_in(base.iterdir())  # the diffusers / kohya layouts: checkpoints right in base
+        if flat:
+            return flat
     if spec != "latest" and (base / spec).is_dir() and _complete(base / spec) and not Path(spec).is_absolute():
         return base / spec  # `checkpoint-1500` as the diffusers guide spells it
     if spec == "latest":
