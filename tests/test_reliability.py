@@ -469,3 +469,12 @@ def test_a_failed_flag_run_removes_the_output_folder_it_made_and_keeps_a_users(i
     (users / "notes.txt").write_text("mine")
     code, _, err = cli(capsys, "train", *line, f"--output_dir={users}")
     assert code == 2 and (users / "notes.txt").read_text() == "mine"
+
+
+def test_a_runs_warnings_reach_its_listener_and_the_json_lines(tiny_sd1, image_dir, tmp_path, capsys):
+    # use_masks without any mask file is one of the run's warnings
+    path = write_config(tmp_path, base_config(tiny_sd1, image_dir, tmp_path / "out", use_masks=True, max_train_steps=1))
+    code, out, err = cli(capsys, "train", str(path), "--json")
+    assert code == 0
+    warnings = [e for e in map(json.loads, out.splitlines()) if e["event"] == "warning"]
+    assert any("mask" in e["message"] for e in warnings), warnings

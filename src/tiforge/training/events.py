@@ -7,6 +7,7 @@ console UI and any later front end are all listeners, so none of them reaches in
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Callable, Literal, Union
 
@@ -42,7 +43,9 @@ class FileWritten:
 
 
 @dataclass(frozen=True)
-class Warning:
+class Warned:
+    """A warning the run logged (also in train.log)."""
+
     message: str
 
 
@@ -54,10 +57,10 @@ class Finished:
     loss: float | None
 
 
-Event = Union[Started, Step, FileWritten, Warning, Finished]
+Event = Union[Started, Step, FileWritten, Warned, Finished]
 Listener = Callable[[Event], None]
 
-_NAMES = {Started: "start", Step: "step", Warning: "warning", Finished: "done"}
+_NAMES = {Started: "start", Step: "step", Warned: "warning", Finished: "done"}
 
 
 def as_json(event: Event) -> dict:
@@ -87,3 +90,14 @@ def fan_out(*listeners: Listener | None) -> Listener:
             each(event)
 
     return tell
+
+
+class WarningsToEvents(logging.Handler):
+    """While a run lasts, its logged warnings also go to the listener, so front ends show them."""
+
+    def __init__(self, listener: Listener):
+        super().__init__(logging.WARNING)
+        self.listener = listener
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.listener(Warned(record.getMessage()))

@@ -92,6 +92,8 @@ class Recipe:
     def run(self) -> TrainResult:
         """A run that fails writes why into its train.log, and a new run that fails before its first
         step leaves no folder behind."""
+        forward = events.WarningsToEvents(self.emit)
+        logging.getLogger("tiforge").addHandler(forward)
         try:
             self.setup()
             with StopRequests() as self.stop_requests:
@@ -102,6 +104,7 @@ class Recipe:
             record_failure(self.record, err)
             raise
         finally:
+            logging.getLogger("tiforge").removeHandler(forward)
             if self.record.lock is not None:
                 self.record.lock.release()
 
