@@ -1,19 +1,17 @@
 """One line of help per `tiforge train` flag, grouped by where the name comes from: tiforge's own
-config fields, the diffusers example script, InvokeAI's invokeai-ti, and kohya-ss sd-scripts.
-
-Kept apart from cli_flags.py (which says what each flag does) so that help texts can be edited
-without touching the flag table; a test checks that every known flag has a line here.
+config fields (their lines are here), the diffusers example script, InvokeAI's invokeai-ti, and
+kohya-ss sd-scripts (their lines are in their flag tables, `config.peer_flags`). A test checks that
+every known flag has a line.
 """
 
 from __future__ import annotations
 
-FIELDS = "config fields (also YAML keys; nested ones by their last name)"
-DIFFUSERS = "diffusers example (textual_inversion.py / textual_inversion_sdxl.py)"
-INVOKEAI = "InvokeAI invokeai-ti"
-KOHYA = "kohya-ss sd-scripts (train_textual_inversion.py / sdxl_train_textual_inversion.py)"
-GROUPS = (FIELDS, DIFFUSERS, INVOKEAI, KOHYA)
+from tiforge.config.peer_flags import HELP_ORDER, dialect_of, tool_of_flag
 
-FLAG_HELP: dict[str, tuple[str, str]] = {
+FIELDS = "config fields (also YAML keys; nested ones by their last name)"
+GROUPS = (FIELDS, *(tool.TITLE for tool in HELP_ORDER))
+
+FIELD_HELP: dict[str, tuple[str, str]] = {
     # tiforge's config fields
     "type": (FIELDS, "SD_TEXTUAL_INVERSION (SD 1.x/2.x) or SDXL_TEXTUAL_INVERSION"),
     "seed": (FIELDS, "integer for reproducible runs (null: random, still resumable)"),
@@ -96,62 +94,17 @@ FLAG_HELP: dict[str, tuple[str, str]] = {
     "dataset_dir": (FIELDS, "folder of training pictures"),
     "keep_in_memory": (FIELDS, "keep decoded pictures in memory"),
     "caption_extension": (FIELDS, "extension of caption files (.txt)"),
-    # diffusers examples/textual_inversion
-    "pretrained_model_name_or_path": (DIFFUSERS, "= model"),
-    "variant": (DIFFUSERS, "= hf_variant"),
-    "train_data_dir": (DIFFUSERS, "folder of training pictures (= dataset_dir)"),
-    "learnable_property": (DIFFUSERS, "object or style (= caption_preset)"),
-    "output_dir": (DIFFUSERS, "= base_output_dir; files go into it as the tool whose flags you use names them"),
-    "num_train_epochs": (DIFFUSERS, "= max_train_epochs"),
-    "checkpointing_steps": (DIFFUSERS, "= save_every_n_steps"),
-    "save_steps": (DIFFUSERS, "= save_embedding_every_n_steps (learned_embeds-steps-N)"),
-    "checkpoints_total_limit": (DIFFUSERS, "= max_checkpoints"),
-    "validation_prompt": (DIFFUSERS, "= validation_prompts (repeatable)"),
-    "num_validation_images": (DIFFUSERS, "= num_validation_images_per_prompt"),
-    "validation_steps": (DIFFUSERS, "= validate_every_n_steps"),
-    "validation_epochs": (DIFFUSERS, "= validate_every_n_epochs"),
-    "adam_beta1": (DIFFUSERS, "= beta1"),
-    "adam_beta2": (DIFFUSERS, "= beta2"),
-    "adam_weight_decay": (DIFFUSERS, "= weight_decay"),
-    "adam_epsilon": (DIFFUSERS, "= epsilon"),
-    "enable_xformers_memory_efficient_attention": (DIFFUSERS, "= xformers"),
-    "no_safe_serialization": (DIFFUSERS, "save a .bin instead of .safetensors"),
-    "only_save_embeds": (DIFFUSERS, "accepted; tiforge only ever saves the embedding"),
-    "local_rank": (DIFFUSERS, "set by torch.distributed launchers; ignored"),
-    "sdxl": (DIFFUSERS, "train SDXL (= type SDXL_TEXTUAL_INVERSION); kohya's SDXL script too"),
-    # InvokeAI invokeai-ti
-    "root": (INVOKEAI, "InvokeAI root: install the embedding there (= install_embeddings_root)"),
-    "root_dir": (INVOKEAI, "= root"),
-    # kohya-ss sd-scripts
-    "token_string": (KOHYA, "= placeholder_token"),
-    "init_word": (KOHYA, "= initializer_token"),
-    "num_vectors_per_token": (KOHYA, "= num_vectors"),
-    "weights": (KOHYA, "continue from this embedding (= initial_embedding_file)"),
-    "use_object_template": (KOHYA, "object caption templates (= caption_preset object)"),
-    "use_style_template": (KOHYA, "style caption templates (= caption_preset style)"),
-    "cache_latents": (KOHYA, "= cache_vae_outputs"),
-    "sdpa": (KOHYA, "PyTorch scaled-dot-product attention (the default)"),
-    "mem_eff_attn": (KOHYA, "PyTorch memory-efficient attention (the default)"),
-    "max_data_loader_n_workers": (KOHYA, "= dataloader_num_workers"),
-    "log_with": (KOHYA, "= report_to"),
-    "prior_loss_weight": (KOHYA, "only 1.0 (no regularization images in TI)"),
-    "dataset_config": (KOHYA, "a kohya dataset .toml"),
-    "cache_latents_to_disk": (KOHYA, "= cache_vae_outputs_to_disk"),
-    "enable_bucket": (KOHYA, "aspect-ratio buckets"),
-    "min_bucket_reso": (KOHYA, "smallest bucket side"),
-    "max_bucket_reso": (KOHYA, "largest bucket side"),
-    "bucket_reso_steps": (KOHYA, "bucket sides are multiples of this"),
-    "bucket_no_upscale": (KOHYA, "never enlarge a picture to fit a bucket"),
-    "flip_aug": (KOHYA, "= random_flip"),
-    "random_crop": (KOHYA, "random instead of centre crops"),
-    "shuffle_caption": (KOHYA, "shuffle comma-separated caption tags"),
-    "masked_loss": (KOHYA, "= use_masks"),
-    "debug_dataset": (KOHYA, "show the data as it would be trained, then stop"),
-    "alpha_mask": (KOHYA, "use each picture's alpha channel as its mask (= use_masks)"),
-    "no_half_vae": (KOHYA, "keep the SDXL VAE in float32 (= vae_dtype float32)"),
 }
-# Names that both the diffusers and kohya scripts use (e.g. --resolution, --learning_rate,
-# --output_dir) are listed once, under the config field or the first tool that has them.
+# The other tools' flags carry their help lines in their tables (config.peer_flags); names two tools
+# share (e.g. --output_dir) are listed once, under the config field or the first tool that has them.
+
+
+def flag_help(name: str) -> tuple[str, str]:
+    """(group, one line of help) of a flag."""
+    tool = tool_of_flag(name)
+    if tool is not None:
+        return tool.TITLE, tool.FLAGS[name].help
+    return FIELD_HELP.get(name, (FIELDS, ""))
 
 
 def grouped_flag_help(names: list[str]) -> str:
@@ -159,41 +112,22 @@ def grouped_flag_help(names: list[str]) -> str:
     width = 32  # longer names push their text right rather than widening every line
     lines = []
     for group in GROUPS:
-        members = [n for n in names if FLAG_HELP.get(n, (FIELDS, ""))[0] == group]
+        members = [n for n in names if flag_help(n)[0] == group]
         if not members:
             continue
         lines += ["", f"{group}:"]
-        lines += [f"{'  --' + n:<{width - 2}}  {FLAG_HELP.get(n, (group, ''))[1]}" for n in members]
+        lines += [f"{'  --' + n:<{width - 2}}  {flag_help(n)[1]}" for n in members]
     return "\n".join(lines)
 
 
-# The flag spelling of each required field, per tool, for "missing field" messages.
-REQUIRED_FLAG = {
-    "tiforge": {"model": "--model", "base_output_dir": "--base_output_dir",
-                "placeholder_token": "--placeholder_token", "data_loader": "--dataset_dir"},
-    "diffusers": {"model": "--pretrained_model_name_or_path", "base_output_dir": "--output_dir",
-                  "placeholder_token": "--placeholder_token", "data_loader": "--train_data_dir"},
-    "invokeai": {"model": "--model", "base_output_dir": "--output_dir",
-                 "placeholder_token": "--placeholder_token", "data_loader": "--train_data_dir"},
-    "kohya": {"model": "--pretrained_model_name_or_path", "base_output_dir": "--output_dir",
-              "placeholder_token": "--token_string", "data_loader": "--train_data_dir or --dataset_config"},
-}
-
-
-def flag_dialect(flag_names: list[str]) -> str:
-    """Which tool's spelling a command line uses, judged by the other tools' names in it."""
-    groups = {FLAG_HELP.get(n, (FIELDS, ""))[0] for n in flag_names}
-    if KOHYA in groups:
-        return "kohya"
-    if "pretrained_model_name_or_path" in flag_names or DIFFUSERS in groups and "model" not in flag_names:
-        return "diffusers"
-    if INVOKEAI in groups or "model" in flag_names and "output_dir" in flag_names:
-        return "invokeai"
-    return "tiforge"
+# The flag spelling of each required field when the command line uses tiforge's own names.
+_TIFORGE_REQUIRED = {"model": "--model", "base_output_dir": "--base_output_dir",
+                     "placeholder_token": "--placeholder_token", "data_loader": "--dataset_dir"}
 
 
 def missing_required(data: dict, argv: list[str]) -> list[str]:
     """`--pretrained_model_name_or_path (model) is required`, in the spelling of the command line used."""
-    names = [a[2:].partition("=")[0].replace("-", "_") for a in argv if a.startswith("--")]
-    spelling = REQUIRED_FLAG[flag_dialect(names)]
+    names = {a[2:].partition("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    dialect = dialect_of(names)
+    spelling = next((t.REQUIRED for t in HELP_ORDER if t.NAME == dialect), _TIFORGE_REQUIRED)
     return [f"{flag} ({field}) is required" for field, flag in spelling.items() if data.get(field) in (None, "")]

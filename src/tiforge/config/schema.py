@@ -148,6 +148,11 @@ class SdTextualInversionConfig(StrictModel):
     base_output_dir named as the diffusers example, invokeai-ti or kohya-ss name them (set by their flags)."""
     save_embedding_every_n_steps: int | None = Field(None, ge=1)
     """Also write the embedding alone every N steps (the diffusers example's --save_steps)."""
+
+    # ---- conditioning, noise and loss: kohya-ss's options (issue 18) ----
+
+    # ---- run management: saving, sampling, regularization (issue 18) ----
+
     data_loader: TextualInversionSDDataLoaderConfig
 
     @field_validator("optimizer", mode="before")

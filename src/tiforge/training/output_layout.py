@@ -21,23 +21,13 @@ from tiforge.training.run_folders import embedding_file_name
 
 LAYOUTS = ("run_folders", "diffusers", "invokeai", "kohya")
 
-# Flags only kohya-ss sd-scripts' or only invokeai-ti's command lines use; anything else with
-# --output_dir is the diffusers example's command line.
-KOHYA_FLAGS = {"token_string", "init_word", "num_vectors_per_token", "output_name", "save_model_as", "weights",
-               "use_object_template", "use_style_template", "dataset_config", "max_data_loader_n_workers", "sdpa",
-               "mem_eff_attn", "cache_latents", "cache_latents_to_disk", "no_half_vae", "enable_bucket", "log_with"}
-INVOKEAI_FLAGS = {"model", "root", "root_dir"}
-
-
 def layout_of_flags(names: set[str]) -> str | None:
     """The output layout a command line asks for: None unless it names an --output_dir."""
+    from tiforge.config.peer_flags import dialect_of
+
     if "output_dir" not in names:
         return None
-    if names & KOHYA_FLAGS:
-        return "kohya"
-    if names & INVOKEAI_FLAGS:
-        return "invokeai"
-    return "diffusers"
+    return dialect_of(names) or "diffusers"
 
 
 def default_invokeai_root() -> Path | None:

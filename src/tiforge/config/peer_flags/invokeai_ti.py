@@ -1,0 +1,26 @@
+"""Flags of InvokeAI's `invokeai-ti` (its textual-inversion trainer's command line)."""
+
+from __future__ import annotations
+
+from tiforge.config.flag_spec import Flag
+
+NAME = "invokeai"
+TITLE = "InvokeAI invokeai-ti"
+
+# Its --model is the config field of the same name; with invokeai-ti's other flags it may also name a
+# model installed in the InvokeAI root (resolved in config.flags).
+FLAGS: dict[str, Flag] = {
+    "root": Flag("install_embeddings_root", help="InvokeAI root: install the embedding there (= install_embeddings_root)"),
+    "root_dir": Flag("install_embeddings_root", help="= root"),
+}
+
+REFUSED: dict[str, str] = {
+    "gui": "the console front end is `tiforge ui`",
+}
+
+REQUIRED = {"model": "--model", "base_output_dir": "--output_dir",
+            "placeholder_token": "--placeholder_token", "data_loader": "--train_data_dir"}
+
+
+def recognises(names: set[str]) -> bool:
+    return bool(names & {"root", "root_dir"}) or {"model", "output_dir"} <= names
