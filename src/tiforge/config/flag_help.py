@@ -94,6 +94,27 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "dataset_dir": (FIELDS, "folder of training pictures"),
     "keep_in_memory": (FIELDS, "keep decoded pictures in memory"),
     "caption_extension": (FIELDS, "extension of caption files (.txt)"),
+    # conditioning, noise and loss: kohya's names (issue 18a)
+    "v2": (FIELDS, "kohya: the model is SD 2.x (checked against the model)"),
+    "v_parameterization": (FIELDS, "kohya: train v-prediction (= prediction_type v_prediction)"),
+    "clip_skip": (FIELDS, "condition on the N-th hidden state from the end (2: penultimate), SD 1.x/2.x"),
+    "max_token_length": (FIELDS, "75, 150 or 225 caption tokens (75-token windows, kohya's long prompts)"),
+    "noise_offset": (FIELDS, "offset noise strength (e.g. 0.05; null: off)"),
+    "noise_offset_random_strength": (FIELDS, "random offset strength in [0, noise_offset) per step"),
+    "adaptive_noise_scale": (FIELDS, "add |latent mean| x this to noise_offset"),
+    "multires_noise_iterations": (FIELDS, "multi-resolution noise layers (e.g. 6; null: off)"),
+    "multires_noise_discount": (FIELDS, "weight of each coarser multires layer (0.3)"),
+    "min_timestep": (FIELDS, "lowest training timestep (0)"),
+    "max_timestep": (FIELDS, "training timesteps drawn below this (1000)"),
+    "ip_noise_gamma": (FIELDS, "input-perturbation noise strength (e.g. 0.1; null: off)"),
+    "ip_noise_gamma_random_strength": (FIELDS, "random perturbation strength in [0, ip_noise_gamma) per step"),
+    "zero_terminal_snr": (FIELDS, "rescale the training schedule to end in pure noise (use with v-prediction)"),
+    "scale_v_pred_loss_like_noise_pred": (FIELDS, "v-prediction: weight the loss by snr/(snr+1)"),
+    "debiased_estimation_loss": (FIELDS, "weight the loss by 1/sqrt(snr) (v-prediction: 1/(snr+1))"),
+    "loss_type": (FIELDS, "l2, l1, huber or smooth_l1"),
+    "huber_c": (FIELDS, "pseudo-Huber threshold (0.1)"),
+    "huber_schedule": (FIELDS, "constant, exponential or snr (how huber_c varies with the timestep)"),
+    "huber_scale": (FIELDS, "multiplies huber_c (constant and exponential schedules)"),
 }
 # The other tools' flags carry their help lines in their tables (config.peer_flags); names two tools
 # share (e.g. --output_dir) are listed once, under the config field or the first tool that has them.

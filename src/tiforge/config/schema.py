@@ -150,6 +150,48 @@ class SdTextualInversionConfig(StrictModel):
     """Also write the embedding alone every N steps (the diffusers example's --save_steps)."""
 
     # ---- conditioning, noise and loss: kohya-ss's options (issue 18) ----
+    v2: bool = False
+    """The model is SD 2.x (kohya's --v2): checked against the model, which decides its family itself."""
+    v_parameterization: bool = False
+    """Train v-prediction (kohya's --v_parameterization) = prediction_type: v_prediction."""
+    clip_skip: int | None = Field(None, ge=1, le=12)
+    """Condition on the N-th hidden state from the text encoder's end, through its final layer norm
+    (kohya/A1111's clip skip; 2 = the penultimate layer). SD 1.x/2.x; SDXL always uses the penultimate."""
+    max_token_length: Literal[75, 150, 225] | None = None
+    """Caption tokens beyond 75 (kohya's --max_token_length): 75-token windows, each with its own start
+    and end token, encoded one by one and joined."""
+    noise_offset: float | None = Field(None, ge=0)
+    """Add a per-channel constant to the noise, times this (offset noise: darker darks, brighter brights)."""
+    noise_offset_random_strength: bool = False
+    """Draw the offset's strength uniformly in [0, noise_offset) each step."""
+    adaptive_noise_scale: float | None = None
+    """Add |latent channel mean| x this to noise_offset (needs noise_offset)."""
+    multires_noise_iterations: int | None = Field(None, ge=1)
+    """Multi-resolution (pyramid) noise: this many coarser noise layers added."""
+    multires_noise_discount: float = Field(0.3, gt=0, le=1)
+    """Weight of each coarser multires layer (kohya's default 0.3)."""
+    min_timestep: int | None = Field(None, ge=0)
+    """Lowest training timestep (default 0)."""
+    max_timestep: int | None = Field(None, ge=1)
+    """Training timesteps are drawn below this (default: the scheduler's 1000)."""
+    ip_noise_gamma: float | None = Field(None, ge=0)
+    """Input perturbation: noise the latents with noise + gamma x fresh noise, but predict the first."""
+    ip_noise_gamma_random_strength: bool = False
+    """Draw the perturbation's strength uniformly in [0, ip_noise_gamma) each step."""
+    zero_terminal_snr: bool = False
+    """Rescale the training noise schedule so that the last timestep is pure noise (arXiv:2305.08891)."""
+    scale_v_pred_loss_like_noise_pred: bool = False
+    """v-prediction only: weight each sample's loss by snr/(snr+1), as an epsilon loss would weigh."""
+    debiased_estimation_loss: bool = False
+    """Weight each sample's loss by 1/sqrt(snr) (epsilon) or 1/(snr+1) (v-prediction)."""
+    loss_type: Literal["l2", "l1", "huber", "smooth_l1"] = "l2"
+    """The per-element error: squared (l2), absolute (l1), or pseudo-Huber / smooth-L1 with huber_c."""
+    huber_c: float = Field(0.1, gt=0)
+    """Pseudo-Huber threshold (or its value at the last timestep, with huber_schedule exponential/snr)."""
+    huber_schedule: Literal["constant", "exponential", "snr"] = "snr"
+    """How huber_c varies with the timestep (kohya's default snr)."""
+    huber_scale: float = Field(1.0, gt=0)
+    """Multiplies huber_c for the constant and exponential schedules."""
 
     # ---- run management: saving, sampling, regularization (issue 18) ----
 
@@ -241,12 +283,18 @@ class SdTextualInversionConfig(StrictModel):
         if self.use_masks and dl.dataset.type == "HF_HUB_IMAGE_CAPTION_DATASET" and not dl.dataset.mask_column:
             problems.append("use_masks: set data_loader.dataset.mask_column to the dataset's mask column")
         problems += self._family_problems()
+        problems += self._kohya_conditioning_problems()
         if problems:
             raise ValueError("\n".join(problems))
         return self
 
     def _family_problems(self) -> list[str]:
         return []
+
+    def _kohya_conditioning_problems(self) -> list[str]:
+        from tiforge.config.kohya_conditioning_rules import conditioning_problems
+
+        return conditioning_problems(self)
 
     # -- derived values used by the recipe ------------------------------------------------------
 

@@ -126,11 +126,12 @@ def _warn_about_notes(scan: Scan) -> None:
 # ---------------------------------------------------------------------------------- the report
 
 
-def token_report(tokenizer, caption: str, placeholder_ids: set[int]) -> tuple[str, int]:
-    """Ids as trained, the placeholder's in [brackets], and the count against the 77-token window."""
+def token_report(tokenizer, caption: str, placeholder_ids: set[int], window: int = MAX_TOKENS) -> tuple[str, int]:
+    """Ids as trained, the placeholder's in [brackets], and the count against the token window (77, or
+    max_token_length + 2)."""
     ids = tokenizer(caption, add_special_tokens=True).input_ids
-    shown = " ".join(f"[{i}]" if i in placeholder_ids else str(i) for i in ids[:MAX_TOKENS])
-    return shown + (" ..." if len(ids) > MAX_TOKENS else ""), len(ids)
+    shown = " ".join(f"[{i}]" if i in placeholder_ids else str(i) for i in ids[:window])
+    return shown + (" ..." if len(ids) > window else ""), len(ids)
 
 
 def report(config, verbose_items: int | None = None) -> str:
@@ -158,6 +159,7 @@ def report(config, verbose_items: int | None = None) -> str:
         dataset = TextualInversionDataset(scan.records, dl, Captioner(dl, placeholder), [tokenizer],
                                           seed=config.seed or 0, sizes=scan.sizes, use_masks=config.use_masks)
         ids = set(placeholder.ids)
+        window = MAX_TOKENS if config.max_token_length is None else config.max_token_length + 2
         over = 0
         lines.append("items (caption as trained in epoch 1; [ids] are the placeholder's vectors):")
         shown = 0
@@ -167,14 +169,14 @@ def report(config, verbose_items: int | None = None) -> str:
                 continue  # a repeat of the same record
             record = dataset.records[r]
             caption = dataset.captioner(record.caption, item_rng(dataset.seed, 1, index), record)
-            shown_ids, count = token_report(tokenizer, caption, ids)
-            over += count > MAX_TOKENS
+            shown_ids, count = token_report(tokenizer, caption, ids, window)
+            over += count > window
             if verbose_items is None or shown < verbose_items:
                 h, w = scan.sizes[r]
                 th, tw = dataset.targets[r]
                 lines.append(f"  {record.name}  {w}x{h} -> {tw}x{th}" + (f"  x{record.repeats}" if record.repeats > 1 else ""))
                 lines.append(f"    caption: {caption!r}")
-                lines.append(f"    tokens:  {count}/{MAX_TOKENS}{'  TRUNCATED' if count > MAX_TOKENS else ''}: {shown_ids}")
+                lines.append(f"    tokens:  {count}/{window}{'  TRUNCATED' if count > window else ''}: {shown_ids}")
             shown += 1
         if verbose_items is not None and shown > verbose_items:
             lines.append(f"  ... {shown - verbose_items} more (--items to show more)")
@@ -198,7 +200,7 @@ def report(config, verbose_items: int | None = None) -> str:
             f"{steps} optimizer steps per epoch (one process)",
         ]
         if over:
-            lines.append(f"WARNING: {over} caption(s) exceed {MAX_TOKENS} tokens and are truncated (the end is cut)")
+            lines.append(f"WARNING: {over} caption(s) exceed {window} tokens and are truncated (the end is cut)")
     if scan.notes:
         lines += ["", "handled:"] + [f"  {name}: {note}" for name, note in scan.notes]
     if scan.problems:

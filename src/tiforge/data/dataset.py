@@ -36,7 +36,7 @@ def item_rng(seed: int, epoch: int, index: int) -> torch.Generator:
 
 
 class TextualInversionDataset(Dataset):
-    """Items are {"pixel_values" or "latent_params", "input_ids" [encoders, 77], "caption",
+    """Items are {"pixel_values" or "latent_params", "input_ids" [encoders, 77 x windows], "caption",
     "original_size", "crop_top_left", "target_size", and "mask" with masks on}, looked up by
     (epoch, index) keys from `EpochBatchSampler`. An index counts repeats (kohya's num_repeats):
     record r appears `r.repeats` times per epoch, each time with its own augmentation.
@@ -45,13 +45,15 @@ class TextualInversionDataset(Dataset):
     """
 
     def __init__(self, records: list[Record], dl: TextualInversionSDDataLoaderConfig, captioner: Captioner, tokenizers,
-                 seed: int = 0, sizes: dict[int, tuple[int, int]] | None = None, use_masks: bool = False):
+                 seed: int = 0, sizes: dict[int, tuple[int, int]] | None = None, use_masks: bool = False,
+                 max_token_length: int | None = None):
         self.records = records
         self.dl = dl
         self.captioner = captioner
         self.tokenizers = tokenizers if isinstance(tokenizers, (list, tuple)) else [tokenizers]
         self.seed = seed
         self.use_masks = use_masks
+        self.max_token_length = max_token_length  # kohya's long captions: 77-token windows (model.long_prompts)
         self.record_of = [r for r, rec in enumerate(records) for _ in range(rec.repeats)]
         self.targets = self._targets(sizes or {})
         self.latent_params: list[torch.Tensor] | None = None
@@ -105,7 +107,7 @@ class TextualInversionDataset(Dataset):
         record = self.records[r]
         rng = item_rng(self.seed, epoch, index)
         caption = self.captioner(record.caption, rng, record)
-        item = {"caption": caption, "input_ids": tokenize(self.tokenizers, [caption])[0]}
+        item = {"caption": caption, "input_ids": tokenize(self.tokenizers, [caption], self.max_token_length)[0]}
         if self.latent_params is not None:
             item["latent_params"], crop = self.latent_params[r], self.latent_crops[r]
             mask = self.latent_masks[r] if self.use_masks else None

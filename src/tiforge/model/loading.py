@@ -55,7 +55,9 @@ class SdComponents:
     def family(self) -> str:
         if self.is_sdxl:
             return "SDXL"
-        return {768: "SD 1.x", 1024: "SD 2.x"}.get(self.text_width, "SD-architecture")
+        from tiforge.model.family import sd_family
+
+        return sd_family(self.text_encoder, self.unet)
 
 
 def _pipeline_class_of_folder(folder: Path) -> str | None:

@@ -1,12 +1,14 @@
 """From caption to what the UNet is conditioned on, for both model families.
 
-SD 1.x/2.x: one text encoder; the UNet reads its last hidden state.
+SD 1.x/2.x: one text encoder; the UNet reads its last hidden state, or with `clip_skip` N the N-th
+from the end passed through the encoder's final layer norm (kohya's and A1111's clip skip).
 SDXL: two text encoders (CLIP ViT-L "clip_l" and OpenCLIP bigG "clip_g"); the UNet reads both
 penultimate hidden states side by side, plus clip_g's pooled projection and six numbers (original
 size, crop top-left, target size) - exactly what diffusers' `StableDiffusionXLPipeline.encode_prompt`
 and `_get_add_time_ids` compute, so that embeddings trained here mean the same at inference.
 
 The placeholder gets its own trainable vectors in every text encoder; nothing else trains.
+Captions longer than 75 tokens (`max_token_length`) are encoded in windows: `model.long_prompts`.
 """
 
 from __future__ import annotations
@@ -16,16 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from tiforge.model.long_prompts import first_window, join_windows, window_ids
 from tiforge.model.placeholders import Placeholder, PlaceholderEmbedding, add_placeholder, install_placeholder_embedding
 
 
-def tokenize(tokenizers: list[Any], texts: list[str]) -> torch.Tensor:
-    """Token ids [batch, encoders, 77]: each encoder pads its own way (SD 2.x and clip_g with "!")."""
-    per_encoder = [
-        tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
-        for tok in tokenizers
-    ]
-    return torch.stack(per_encoder, dim=1)
+def tokenize(tokenizers: list[Any], texts: list[str], max_token_length: int | None = None) -> torch.Tensor:
+    """Token ids [batch, encoders, 77 x windows]: each encoder pads its own way (SD 2.x and clip_g
+    with "!"); one 77-token window unless `max_token_length` asks for 150 or 225 tokens."""
+    return torch.stack([window_ids(tok, texts, max_token_length) for tok in tokenizers], dim=1)
 
 
 def sdxl_time_ids(original_size: torch.Tensor, crop_top_left: torch.Tensor, target_size) -> torch.Tensor:
@@ -42,7 +42,8 @@ class PromptEncoder(nn.Module):
     training loop, validation and the interop tests share one definition of "the prompt embedding".
     """
 
-    def __init__(self, encoders: list[tuple[str, Any, nn.Module]], sdxl: bool):
+    def __init__(self, encoders: list[tuple[str, Any, nn.Module]], sdxl: bool, clip_skip: int | None = None,
+                 max_token_length: int | None = None):
         super().__init__()
         self.names = [name for name, _, _ in encoders]
         self.tokenizers = [tok for _, tok, _ in encoders]
@@ -52,10 +53,13 @@ class PromptEncoder(nn.Module):
         # What the UNet reads. The trainable vectors are float32, so the encoders' output can be
         # float32 even when the UNet runs in bf16/fp16; this is the one place that casts it.
         self.output_dtype: torch.dtype | None = None
+        # SDXL always reads the penultimate layer of both encoders, so clip skip applies to SD only (kohya too)
+        self.clip_skip = None if sdxl else clip_skip
+        self.max_token_length = max_token_length
 
     @classmethod
-    def of(cls, components) -> "PromptEncoder":
-        encoder = cls(components.text_encoders, components.is_sdxl)
+    def of(cls, components, clip_skip: int | None = None, max_token_length: int | None = None) -> "PromptEncoder":
+        encoder = cls(components.text_encoders, components.is_sdxl, clip_skip, max_token_length)
         encoder.output_dtype = components.unet.dtype
         return encoder
 
@@ -115,30 +119,52 @@ class PromptEncoder(nn.Module):
     # -- encoding ---------------------------------------------------------------------------------
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
-        return tokenize(self.tokenizers, texts)
+        return tokenize(self.tokenizers, texts, self.max_token_length)
 
     def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """[batch, encoders, 77] ids -> (hidden states for cross-attention, pooled output or None),
-        in `output_dtype` (the UNet's) - for training and validation alike."""
+        """[batch, encoders, 77 x windows] ids -> (hidden states for cross-attention, pooled output or
+        None), in `output_dtype` (the UNet's) - for training and validation alike."""
         hidden, pooled = self._encode_ids(input_ids)
         if self.output_dtype is None:
             return hidden, pooled
         return hidden.to(self.output_dtype), None if pooled is None else pooled.to(self.output_dtype)
 
     def _encode_ids(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch = input_ids.shape[0]
+        windows = input_ids.reshape(batch, input_ids.shape[1], -1, 77).transpose(1, 2).reshape(-1, input_ids.shape[1], 77)
         if not self.sdxl:
-            return self.text_encoders[0](input_ids[:, 0].to(self.text_encoders[0].device))[0], None
+            return join_windows(self._sd_hidden(windows[:, 0]), batch), None
         hidden, pooled = [], None
         for i, encoder in enumerate(self.text_encoders):
-            out = encoder(input_ids[:, i].to(encoder.device), output_hidden_states=True)
-            hidden.append(out.hidden_states[-2])
-            pooled = out[0]  # clip_g's projected text embedding (the last encoder's)
+            out = encoder(windows[:, i].to(encoder.device), output_hidden_states=True)
+            hidden.append(join_windows(out.hidden_states[-2], batch))
+            pooled = first_window(out[0], batch)  # clip_g's projected text embedding (the last encoder's)
         return torch.cat(hidden, dim=-1), pooled
+
+    def _sd_hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        encoder = self.text_encoders[0]
+        ids = ids.to(encoder.device)
+        if not self.clip_skip or self.clip_skip == 1:
+            return encoder(ids)[0]
+        out = encoder(ids, output_hidden_states=True)
+        return encoder.text_model.final_layer_norm(out.hidden_states[-self.clip_skip])
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prompts in users' words (placeholder unexpanded) -> conditioning."""
         expand = self.placeholder.expand if self.placeholder else (lambda s: s)
         return self(self.tokenize([expand(p) for p in prompts]))
+
+
+def conditioning_metadata(prompt_encoder: PromptEncoder) -> dict[str, str]:
+    """What an embedding file records of how its prompts were encoded, so that `generate` (and
+    readers of kohya's `ss_` keys) encode them the same way."""
+    out = {}
+    if prompt_encoder.clip_skip:
+        out.update({"tiforge.clip_skip": str(prompt_encoder.clip_skip), "ss_clip_skip": str(prompt_encoder.clip_skip)})
+    if prompt_encoder.max_token_length:
+        out.update({"tiforge.max_token_length": str(prompt_encoder.max_token_length),
+                    "ss_max_token_length": str(prompt_encoder.max_token_length)})
+    return out
 
 
 def unet_conditioning(prompt_encoder: PromptEncoder, input_ids: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:

@@ -9,6 +9,7 @@ import torch
 from tiforge.config.schema import TrainingConfig
 from tiforge.model.placeholders import initial_vectors
 from tiforge.model.text_conditioning import PromptEncoder
+from tiforge.training.conditioning_setup import check_conditioning_options, resolve_prediction_type
 
 log = logging.getLogger("tiforge")
 
@@ -18,13 +19,12 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def prepare_frozen_model(parts, config: TrainingConfig, device) -> tuple[PromptEncoder, str]:
     """Freezes every network, moves it to the device, applies the memory settings; returns the text
     side as one module and the prediction type the loss uses."""
-    prediction_type = config.prediction_type or parts.noise_scheduler.config.prediction_type
-    if config.prediction_type is not None:
-        parts.noise_scheduler.register_to_config(prediction_type=config.prediction_type)
+    prediction_type = resolve_prediction_type(parts, config)
+    check_conditioning_options(parts, config, prediction_type)
     for module in parts.frozen_modules:
         module.requires_grad_(False)
         module.to(device)
-    prompt_encoder = PromptEncoder.of(parts)
+    prompt_encoder = PromptEncoder.of(parts, config.clip_skip, config.max_token_length)
     log.info("%s model (text width %s), prediction_type %s", parts.family,
              " + ".join(map(str, prompt_encoder.widths.values())), prediction_type)
     if config.gradient_checkpointing:

@@ -33,9 +33,10 @@ from tiforge.data.sources import apply_kohya_dataset_settings, find_records
 from tiforge.embeddings.convert import install_for_invokeai
 from tiforge.embeddings.hub import push_embedding
 from tiforge.model.loading import load_sd_components
-from tiforge.model.loss import NoiseSource, denoising_loss, sample_latents
+from tiforge.model.loss import LossSettings, NoiseSource, denoising_loss, sample_latents
+from tiforge.model.noise import NoiseSettings, draw_training_noise
 from tiforge.model.placeholders import Placeholder
-from tiforge.model.text_conditioning import unet_conditioning
+from tiforge.model.text_conditioning import conditioning_metadata, unet_conditioning
 from tiforge.training import events
 from tiforge.training.checkpoints import capture_rng, load_training_state, restore_rng
 from tiforge.training.interrupts import StopRequests, TrainingStopped, resume_command
@@ -50,7 +51,7 @@ from tiforge.training.progress import TrainingBar, progress_bar
 from tiforge.training.run_folders import check_output_space, estimate_output_bytes, log_to_run_dir
 from tiforge.training.saving import RunFiles
 from tiforge.training.run_guard import RunFolderLock, RunRecord, record_failure
-from tiforge.training.start_checks import check_caption_lengths, warn_nothing_left, warn_vector_count
+from tiforge.training.start_checks import check_caption_lengths, token_window, warn_nothing_left, warn_vector_count
 from tiforge.training.validation import validate_with_config
 
 log = logging.getLogger("tiforge")
@@ -88,6 +89,7 @@ class Recipe:
         self.placeholders: list[Placeholder] = []  # one today; the recipe holds a list for several
         self.global_step = 0
         self.record = RunRecord()  # what the clean-up after a failure needs to know
+        self.noise_settings, self.loss_settings = NoiseSettings.of(self.config), LossSettings.of(self.config)
 
     def run(self) -> TrainResult:
         """A run that fails writes why into its train.log, and a new run that fails before its first
@@ -191,8 +193,10 @@ class Recipe:
         config, dl, parts = self.config, self.config.data_loader, self.parts
         self.dataset = TextualInversionDataset(self.records, dl, Captioner(dl, self.placeholders[0]),
                                                self.prompt_encoder.tokenizers, seed=self.seed,
-                                               sizes=self.scan.sizes, use_masks=config.use_masks)
-        check_caption_lengths(self.dataset, self.prompt_encoder.tokenizers[0], self.placeholders[0].ids)
+                                               sizes=self.scan.sizes, use_masks=config.use_masks,
+                                               max_token_length=config.max_token_length)
+        check_caption_lengths(self.dataset, self.prompt_encoder.tokenizers[0], self.placeholders[0].ids,
+                              token_window(config.max_token_length))
         self.scaling_factor = parts.vae.config.scaling_factor
         if config.cache_vae_outputs:
             log.info("caching VAE outputs for %d images", len(self.records))
@@ -263,7 +267,8 @@ class Recipe:
         self.plan = plan_outputs(config, self.placeholders[0].token, self.run_dir)
         self.result = TrainResult(run_dir=self.run_dir, embedding_path=self.plan.final,
                                   global_step=self.global_step, final_loss=None)
-        metadata = {"tiforge.base_model": config.model, "tiforge.family": self.parts.family}
+        metadata = {"tiforge.base_model": config.model, "tiforge.family": self.parts.family,
+                    **conditioning_metadata(self.prompt_encoder)}
         self.files = RunFiles(config, self.plan, self.run_dir, self.placeholders[0].token, metadata,
                               self.resolved_yaml, self.progress)
 
@@ -319,11 +324,12 @@ class Recipe:
         mean_shape = (params.shape[0], params.shape[1] // 2, *params.shape[2:])
         latents = sample_latents(params.float(), self.scaling_factor, self.noise.randn(mean_shape)).to(self.weight_dtype)
         hidden, unet_kwargs = unet_conditioning(self.text_model, batch["input_ids"], batch)
+        noise, input_noise, timesteps = draw_training_noise(self.noise, latents, self.noise_settings,
+                                                            parts.noise_scheduler.config.num_train_timesteps)
         loss = denoising_loss(
             parts.unet, parts.noise_scheduler, latents, hidden,
             prediction_type=self.prediction_type, min_snr_gamma=self.config.min_snr_gamma,
-            noise=self.noise.randn(latents.shape).to(latents.dtype),
-            timesteps=self.noise.timesteps(latents.shape[0], parts.noise_scheduler.config.num_train_timesteps),
+            noise=noise, timesteps=timesteps, input_noise=input_noise, settings=self.loss_settings,
             unet_kwargs=unet_kwargs, mask=batch["mask"].to(device) if "mask" in batch else None,
         )
         self.accelerator.backward(loss)

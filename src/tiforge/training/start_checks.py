@@ -14,10 +14,15 @@ log = logging.getLogger("tiforge")
 
 
 
+def token_window(max_token_length: int | None) -> int:
+    """The tokens a caption may have, start and end token included: 77, or kohya's 150/225 + 2."""
+    return MAX_TOKENS if max_token_length is None else max_token_length + 2
+
+
 def check_caption_lengths(dataset, tokenizer, placeholder_ids, window: int = MAX_TOKENS) -> None:
     """Captions longer than the token window lose their end. Warn about them; refuse when the cut
     removes (some of) the placeholder's tokens, since those pictures would then train nothing.
-    `window` is the token window length (kohya's max_token_length will widen it)."""
+    `window` is the token window length (kohya's max_token_length widens it: `token_window`)."""
     from tiforge.data.dataset import item_rng
 
     ids = set(placeholder_ids)

@@ -93,14 +93,16 @@ FLAGS: dict[str, Flag] = {
     # sdxl_train_textual_inversion.py
     "no_half_vae": Flag(None, kind="bool", apply=set_to("vae_dtype", "float32"),
                         help="keep the SDXL VAE in float32 (= vae_dtype float32)"),
+    # conditioning, noise and loss (issue 18a): --v2, --v_parameterization, --clip_skip,
+    # --max_token_length, the noise/timestep/loss options are config fields under kohya's own names
+    # (config.schema), so their flags need no entry here; they say nothing about which tool's
+    # command line it is.
 }
 
 REFUSED: dict[str, str] = {
     "in_json": "fine-tuning metadata .json files are not read; use --train_data_dir with caption files, or a "
                "JSONL dataset (data_loader.dataset.type: IMAGE_CAPTION_JSONL_DATASET)",
     "reg_data_dir": "regularization images have no use in textual inversion (only the concept's pictures train it)",
-    "v2": "the model's family is read from the model itself; remove --v2",
-    "v_parameterization": "use --prediction_type v_prediction",
     "cache_text_encoder_outputs": "textual inversion trains through the text encoders, so their outputs change "
                                   "every step and cannot be cached",
 }
