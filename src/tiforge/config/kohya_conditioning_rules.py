@@ -6,6 +6,11 @@ from __future__ import annotations
 
 def conditioning_problems(config) -> list[str]:
     problems: list[str] = []
+    if config.max_token_length not in (None, 75, 150, 225):
+        problems.append(f"max_token_length: {config.max_token_length} is not one of 75, 150 or 225 (kohya's "
+                        "choices: one, two or three windows of 75 tokens)")
+    if config.min_timestep is not None and config.min_timestep == config.max_timestep == 1000:
+        problems.append("min_timestep / max_timestep: 1000 is past the last timestep (999)")
     if config.adaptive_noise_scale is not None and config.noise_offset is None:
         problems.append("adaptive_noise_scale: adds to noise_offset, which is not set; set noise_offset too "
                         "(e.g. 0.05), or remove adaptive_noise_scale")

@@ -157,7 +157,7 @@ class SdTextualInversionConfig(StrictModel):
     clip_skip: int | None = Field(None, ge=1, le=12)
     """Condition on the N-th hidden state from the text encoder's end, through its final layer norm
     (kohya/A1111's clip skip; 2 = the penultimate layer). SD 1.x/2.x; SDXL always uses the penultimate."""
-    max_token_length: Literal[75, 150, 225] | None = None
+    max_token_length: int | None = None
     """Caption tokens beyond 75 (kohya's --max_token_length): 75-token windows, each with its own start
     and end token, encoded one by one and joined."""
     noise_offset: float | None = Field(None, ge=0)

@@ -139,7 +139,8 @@ def _cmd_generate(args) -> int:
         model=args.model, embeddings=args.embedding, tokens=args.token, prompt=args.prompt,
         negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
         width=args.width, height=args.height, count=args.count, out_dir=args.out,
-        single_file_config=args.single_file_config, hf_variant=args.hf_variant,
+        single_file_config=args.single_file_config, hf_variant=args.hf_variant, clip_skip=args.clip_skip,
+        max_token_length=args.max_token_length,
     )
     for p in paths:
         print(p)
@@ -239,6 +240,9 @@ def _add_embedding_commands(sub) -> None:
     p.add_argument("--out", default="tiforge-images", help="output folder")
     p.add_argument("--single-file-config")
     p.add_argument("--hf-variant")
+    p.add_argument("--clip-skip", "--clip_skip", type=int, help="default: what the embedding was trained with")
+    p.add_argument("--max-token-length", "--max_token_length", type=int, choices=[75, 150, 225],
+                   help="long prompts in 75-token windows; default: what the embedding was trained with")
     p.set_defaults(func=_cmd_generate)
 
 

@@ -147,7 +147,9 @@ class PromptEncoder(nn.Module):
         if not self.clip_skip or self.clip_skip == 1:
             return encoder(ids)[0]
         out = encoder(ids, output_hidden_states=True)
-        return encoder.text_model.final_layer_norm(out.hidden_states[-self.clip_skip])
+        # transformers 5 keeps the layers on the model itself; 4.x under `.text_model`
+        final_layer_norm = getattr(encoder, "text_model", encoder).final_layer_norm
+        return final_layer_norm(out.hidden_states[-self.clip_skip])
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prompts in users' words (placeholder unexpanded) -> conditioning."""
