@@ -110,6 +110,14 @@ def test_clip_skip_is_ignored_for_sdxl_as_kohya_does():
     assert PromptEncoder([], sdxl=True, clip_skip=2).clip_skip is None
 
 
+def test_the_console_form_sets_clip_skip():
+    from tiforge.frontends.console_ui import form_to_config
+
+    form = {"model": "m", "trigger": "<t>", "data_dir": "d", "output_dir": "o"}
+    assert form_to_config({**form, "clip_skip": "2"})["clip_skip"] == 2
+    assert "clip_skip" not in form_to_config(form)
+
+
 # ------------------------------------------------------------------------------------ --max_token_length
 
 
@@ -146,8 +154,11 @@ def test_windows_are_encoded_one_by_one_and_joined(sd1):
 
 
 def test_a_placeholder_after_token_77_gets_its_vectors_trained(sd1):
+    from tiforge.toy.tiny import _tiny_text_encoder
+
     def gradient(max_token_length):
-        enc = encoder_of(build_tiny_pipeline("sd1"), max_token_length=max_token_length)
+        tiny = SimpleNamespace(tokenizer=load_clip_tokenizer(), text_encoder=_tiny_text_encoder(32, EOS, "quick_gelu"))
+        enc = encoder_of(tiny, max_token_length=max_token_length)
         enc.add_placeholder("<far>", {"text_encoder": torch.randn(2, 32)})
         hidden, _ = enc.encode([words(90) + " <far>"])
         hidden.square().sum().backward()
@@ -215,6 +226,9 @@ def test_multires_noise_is_spatially_correlated_with_unit_spread():
     noise, _, _ = draws(NoiseSettings(multires_noise_iterations=6, multires_noise_discount=0.8))
     plain, _, _ = draws(NoiseSettings())
     assert abs(noise.std().item() - 1) < 1e-4
+    # after the offset, as kohya: the offset is rescaled along with the rest
+    both, _, _ = draws(NoiseSettings(noise_offset=5.0, multires_noise_iterations=6))
+    assert abs(both.std().item() - 1) < 1e-4
 
     def neighbour_correlation(x):
         return torch.corrcoef(torch.stack([x[..., :-1].flatten(), x[..., 1:].flatten()]))[0, 1]
@@ -326,12 +340,15 @@ def test_snr_based_sample_weights():
     assert sample_weights(sched, t, "epsilon", None, LossSettings()) is None
 
 
-def test_scale_v_pred_loss_on_an_epsilon_run_is_refused(tiny_sd1, image_dir, tmp_path, capsys):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(base_config(tiny_sd1, image_dir, tmp_path / "out",
-                                              scale_v_pred_loss_like_noise_pred=True)))
-    assert main(["train", str(cfg), "-q"]) == 2
-    assert "scale_v_pred_loss_like_noise_pred: only applies to v-prediction" in capsys.readouterr().err
+def test_scale_v_pred_loss_on_an_epsilon_run_is_refused(sd1):
+    from tiforge.config.schema import SdTextualInversionConfig
+    from tiforge.training.conditioning_setup import check_conditioning_options
+
+    config = SdTextualInversionConfig.model_construct(model="m", scale_v_pred_loss_like_noise_pred=True)
+    parts = SimpleNamespace(is_sdxl=False, family="SD 1.x", text_encoder=sd1.text_encoder)
+    with pytest.raises(ConfigError, match="scale_v_pred_loss_like_noise_pred: only applies to v-prediction"):
+        check_conditioning_options(parts, config, "epsilon")
+    check_conditioning_options(parts, config, "v_prediction")
 
 
 # ---------------------------------------------------------------------------------------- end to end

@@ -49,6 +49,7 @@ ADVANCED_FIELDS = [
     ("validation_images", "Validation images per prompt", "4"),
     ("min_snr_gamma", "Min-SNR gamma (empty: off)", "5.0"),
     ("max_checkpoints", "Checkpoints kept (empty: all)", ""),
+    ("clip_skip", "Clip skip (SD 1.x/2.x; empty: off, 2: penultimate layer)", ""),
 ]
 CHECKS = [("center_crop", "Center crop images", True), ("scale_lr", "Scale learning rate by GPUs, steps and batch", True),
           ("resume", "Resume from last saved checkpoint", False)]
@@ -138,6 +139,7 @@ def form_to_config(v: dict) -> dict:
         "save_every_n_steps": number("save_every"),
         "max_checkpoints": number("max_checkpoints"),
         "min_snr_gamma": number("min_snr_gamma", float),
+        "clip_skip": number("clip_skip"),
         # SDXL embeddings exist only in the clip_l/clip_g layout: its default applies
         "save_format": None if sdxl and save_format == "diffusers" else save_format,
         "save_model_as": "pt" if v.get("save_format") == "a1111" else "safetensors",

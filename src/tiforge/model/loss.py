@@ -25,12 +25,10 @@ class NoiseSource:
     def _mine(self, full: torch.Tensor, local: int) -> torch.Tensor:
         return full[self.rank * local : (self.rank + 1) * local]
 
-    def randn(self, shape: tuple[int, ...], dtype=torch.float32, transform=None) -> torch.Tensor:
-        """Normal noise; `transform` sees the global batch's (so that a statistic over the batch is the
-        same whatever the number of processes)."""
+    def randn(self, shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
         full = torch.randn((shape[0] * self.num_processes, *shape[1:]), generator=self.generator, device=self.device,
                            dtype=dtype)
-        return self._mine(full if transform is None else transform(full), shape[0])
+        return self._mine(full, shape[0])
 
     def timesteps(self, batch: int, high: int, low: int = 0) -> torch.Tensor:
         """Uniform in [low, high), or all `high` when the range is empty (kohya's rule for min = max)."""

@@ -39,15 +39,16 @@ def offset_noise(noise: torch.Tensor, latents: torch.Tensor, offset: float | tor
     return noise + offset * per_channel
 
 
-def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float, generator: torch.Generator) -> torch.Tensor:
+def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float, source) -> torch.Tensor:
     """Multi-resolution noise: coarser and coarser normal noise (each side shrunk by a random 2..4 times
-    more per level, weighted by discount^level) upsampled and added, then scaled back to unit spread."""
+    more per level, weighted by discount^level) upsampled and added, then scaled back to unit spread
+    (over this process's batch, as kohya does on each GPU)."""
     b, c, h, w = noise.shape
     for level in range(iterations):
-        r = float(torch.rand((), generator=generator, device=generator.device)) * 2 + 2
+        r = torch.rand((), generator=source.generator, device=source.generator.device).item() * 2 + 2
         hn, wn = max(1, int(h / r**level)), max(1, int(w / r**level))
-        coarse = torch.randn((b, c, hn, wn), generator=generator, device=generator.device, dtype=noise.dtype)
-        noise = noise + F.interpolate(coarse.to(noise.device), size=(h, w), mode="bilinear") * discount**level
+        coarse = source.randn((b, c, hn, wn)).to(noise.device, noise.dtype)
+        noise = noise + F.interpolate(coarse, size=(h, w), mode="bilinear") * discount**level
         if hn == 1 or wn == 1:
             break
     return noise / noise.std()
@@ -63,14 +64,13 @@ def _strength(source, most: float, random: bool) -> float | torch.Tensor:
 def draw_training_noise(source, latents: torch.Tensor, settings: NoiseSettings, num_train_timesteps: int):
     """(noise the loss predicts, noise the latents are noised with, timesteps) for this process's batch."""
     shape = tuple(latents.shape)
-    noise = source.randn(shape, transform=None if settings.multires_noise_iterations is None else (
-        lambda full: pyramid_noise(full, settings.multires_noise_iterations, settings.multires_noise_discount,
-                                   source.generator)))
-    noise = noise.to(latents.dtype)
+    noise = source.randn(shape).to(latents.dtype)
     if settings.noise_offset:
         strength = _strength(source, settings.noise_offset, settings.noise_offset_random_strength)
         per_channel = source.randn((shape[0], shape[1], 1, 1)).to(latents.device)
         noise = offset_noise(noise, latents, strength, settings.adaptive_noise_scale, per_channel).to(latents.dtype)
+    if settings.multires_noise_iterations:  # after the offset, as kohya orders them
+        noise = pyramid_noise(noise, settings.multires_noise_iterations, settings.multires_noise_discount, source)
     low = settings.min_timestep or 0
     high = num_train_timesteps if settings.max_timestep is None else settings.max_timestep
     timesteps = source.timesteps(shape[0], high, low)
