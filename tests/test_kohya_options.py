@@ -192,6 +192,12 @@ def test_the_caption_length_check_uses_the_configured_window():
         check_caption_lengths(dataset, tok, far)
     assert token_window(150) == 152
     check_caption_lengths(dataset, tok, far, token_window(150))
+    # and `tiforge dataset check` shows the whole caption against the wider window
+    from tiforge.data.checks import token_report
+
+    assert token_report(tok, record.caption, set(far))[0].endswith(" ...")
+    shown, count = token_report(tok, record.caption, set(far), token_window(150))
+    assert count == 93 and not shown.endswith(" ...") and shown.endswith(f"[{far[-1]}] 49407")
 
 
 # ------------------------------------------------------------------------------------- noise, timesteps

@@ -9,8 +9,6 @@ def conditioning_problems(config) -> list[str]:
     if config.max_token_length not in (None, 75, 150, 225):
         problems.append(f"max_token_length: {config.max_token_length} is not one of 75, 150 or 225 (kohya's "
                         "choices: one, two or three windows of 75 tokens)")
-    if config.min_timestep is not None and config.min_timestep == config.max_timestep == 1000:
-        problems.append("min_timestep / max_timestep: 1000 is past the last timestep (999)")
     if config.adaptive_noise_scale is not None and config.noise_offset is None:
         problems.append("adaptive_noise_scale: adds to noise_offset, which is not set; set noise_offset too "
                         "(e.g. 0.05), or remove adaptive_noise_scale")
@@ -23,8 +21,6 @@ def conditioning_problems(config) -> list[str]:
             and config.min_timestep > config.max_timestep:
         problems.append(f"min_timestep / max_timestep: {config.min_timestep} is above {config.max_timestep}; "
                         "the lowest timestep must not exceed the highest")
-    if config.max_timestep is not None and config.max_timestep > 1000:
-        problems.append(f"max_timestep: {config.max_timestep} is beyond the 1000 training timesteps of SD models")
     if config.noise_offset_random_strength and config.noise_offset is None:
         problems.append("noise_offset_random_strength: needs noise_offset (its largest strength)")
     if config.ip_noise_gamma_random_strength and config.ip_noise_gamma is None:

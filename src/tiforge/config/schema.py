@@ -170,9 +170,9 @@ class SdTextualInversionConfig(StrictModel):
     """Multi-resolution (pyramid) noise: this many coarser noise layers added."""
     multires_noise_discount: float = Field(0.3, gt=0, le=1)
     """Weight of each coarser multires layer (kohya's default 0.3)."""
-    min_timestep: int | None = Field(None, ge=0)
+    min_timestep: int | None = Field(None, ge=0, le=999)
     """Lowest training timestep (default 0)."""
-    max_timestep: int | None = Field(None, ge=1)
+    max_timestep: int | None = Field(None, ge=1, le=1000)
     """Training timesteps are drawn below this (default: the scheduler's 1000)."""
     ip_noise_gamma: float | None = Field(None, ge=0)
     """Input perturbation: noise the latents with noise + gamma x fresh noise, but predict the first."""
