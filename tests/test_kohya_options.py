@@ -197,7 +197,7 @@ def test_the_caption_length_check_uses_the_configured_window():
 
     assert token_report(tok, record.caption, set(far))[0].endswith(" ...")
     shown, count = token_report(tok, record.caption, set(far), token_window(150))
-    assert count == 93 and not shown.endswith(" ...") and shown.endswith(f"[{far[-1]}] 49407")
+    assert count == 1 + 90 + len(far) + 1 and not shown.endswith(" ...") and shown.endswith(f"[{far[-1]}] 49407")
 
 
 # ------------------------------------------------------------------------------------- noise, timesteps
@@ -281,6 +281,23 @@ def test_noise_with_options_is_reproducible_and_resumable():
     b.load_state_dict(state)
     again = draw_training_noise(b, latents, settings, 1000)
     assert all(torch.equal(x, y) for x, y in zip(first, again))
+
+
+def test_a_run_with_the_noise_options_resumes_bit_identical(tiny_sd1, image_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from tiforge.config.loading import config_from_dict
+    from tiforge.training.recipe import train
+
+    cfg = base_config(tiny_sd1, image_dir, tmp_path / "out", max_train_steps=2, save_every_n_steps=1,
+                      train_batch_size=1, noise_offset=0.1, noise_offset_random_strength=True,
+                      adaptive_noise_scale=0.05, multires_noise_iterations=3, ip_noise_gamma=0.1,
+                      ip_noise_gamma_random_strength=True, min_timestep=100, max_timestep=900, loss_type="huber")
+    full = train(config_from_dict(cfg), progress=False)
+    expected = load_file(full.embedding_path)["emb_params"].clone()
+    half = full.run_dir / "checkpoints" / "checkpoint-step_00000001"
+    train(config_from_dict({**cfg, "resume_from_checkpoint": str(half)}), progress=False)
+    assert torch.equal(load_file(full.embedding_path)["emb_params"], expected)
 
 
 def test_zero_terminal_snr_ends_the_schedule_in_pure_noise():
