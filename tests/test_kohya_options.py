@@ -137,7 +137,8 @@ def test_long_captions_are_cut_into_77_token_windows_each_with_start_and_end(pad
     assert third[:2] == [BOS, EOS] and set(third[2:]) == {pad_id}
     # 75 tokens (or none): one window, exactly the usual tokenization
     plain = tok([words(100)], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    assert torch.equal(window_ids(tok, [words(100)], None), plain) and torch.equal(window_ids(tok, [words(100)], 75), plain)
+    assert torch.equal(window_ids(tok, [words(100)], None), plain)
+    assert torch.equal(window_ids(tok, [words(100)], 75), plain)
 
 
 def test_windows_are_encoded_one_by_one_and_joined(sd1):
@@ -408,7 +409,7 @@ batch_size = 1
     with safe_open(str(out / "mychar.safetensors"), "pt") as f:
         meta = f.metadata()
         assert f.get_tensor("emb_params").shape == (4, 48)
-    assert meta["tiforge.clip_skip"] == "2" and meta["ss_clip_skip"] == "2" and meta["tiforge.max_token_length"] == "225"
+    assert meta["tiforge.clip_skip"] == meta["ss_clip_skip"] == "2" and meta["tiforge.max_token_length"] == "225"
     assert list(out.glob("validation/final/*.png"))
 
     # `tiforge generate` encodes the prompt as the embedding was trained (clip skip 2, 225 tokens)

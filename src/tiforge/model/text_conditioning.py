@@ -130,8 +130,9 @@ class PromptEncoder(nn.Module):
         return hidden.to(self.output_dtype), None if pooled is None else pooled.to(self.output_dtype)
 
     def _encode_ids(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch = input_ids.shape[0]
-        windows = input_ids.reshape(batch, input_ids.shape[1], -1, 77).transpose(1, 2).reshape(-1, input_ids.shape[1], 77)
+        batch, num_encoders = input_ids.shape[:2]
+        # [batch, encoders, n x 77] -> [batch x n, encoders, 77]: every window of a caption on its own row
+        windows = input_ids.reshape(batch, num_encoders, -1, 77).transpose(1, 2).reshape(-1, num_encoders, 77)
         if not self.sdxl:
             return join_windows(self._sd_hidden(windows[:, 0]), batch), None
         hidden, pooled = [], None
