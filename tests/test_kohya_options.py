@@ -405,6 +405,7 @@ batch_size = 1
     with caplog.at_level("INFO", logger="tiforge"):
         assert main(["train", *line, "-q"]) == 0, capsys.readouterr().err
     assert "SD 2.x model" in caplog.text and "prediction_type v_prediction" in caplog.text
+    assert "clip_skip 2 on SD 2.x" in caplog.text
     out = tmp_path / "out"
     with safe_open(str(out / "mychar.safetensors"), "pt") as f:
         meta = f.metadata()

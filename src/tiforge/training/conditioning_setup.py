@@ -43,6 +43,10 @@ def check_conditioning_options(parts, config: TrainingConfig, prediction_type: s
         elif config.clip_skip > 1:
             log.info("clip_skip %d: conditioning on hidden state %d from the end, through the final layer norm",
                      config.clip_skip, config.clip_skip)
+            if parts.family == "SD 2.x":
+                log.warning("clip_skip %d on SD 2.x: its text encoder already ends at OpenCLIP's penultimate layer, "
+                            "so this skips %d more (kohya warns the same); SD 2.x is usually trained without it",
+                            config.clip_skip, config.clip_skip - 1)
     if config.max_token_length not in (None, 75):
         log.info("max_token_length %d: captions are encoded in %d windows of 75 tokens", config.max_token_length,
                  config.max_token_length // 75)
