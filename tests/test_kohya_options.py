@@ -51,6 +51,14 @@ def test_family_is_read_from_the_text_encoder_and_unet(sd1, sd2):
     assert sd_family(sd1.text_encoder, sd1.unet) == "SD 1.x"
     assert sd_family(sd2.text_encoder, sd2.unet) == "SD 2.x"
 
+    # the full-size models' configs (runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-2-1)
+    def parts(act, linear):
+        return SimpleNamespace(config=SimpleNamespace(hidden_act=act)), \
+            SimpleNamespace(config=SimpleNamespace(use_linear_projection=linear))
+
+    assert sd_family(*parts("quick_gelu", False)) == "SD 1.x" and sd_family(*parts("gelu", True)) == "SD 2.x"
+    assert sd_family(*parts("gelu", False)) == "SD-architecture"  # a custom mix: no --v2 check either way
+
 
 def test_v2_on_an_sd1_model_is_a_named_error(tiny_sd1, image_dir, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
