@@ -69,7 +69,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "max_nonfinite_steps": (FIELDS, "stop after this many NaN/inf steps in a row"),
     "output_layout": (FIELDS, "run_folders (a timestamped folder per run), or diffusers / invokeai / kohya file names"),
     "save_embedding_every_n_steps": (FIELDS, "also write the embedding alone every N steps"),
-    "vae_model": (FIELDS, "SDXL: a replacement VAE (folder or hub id)"),
+    "vae_model": (FIELDS, "a replacement VAE (folder, single file or hub id)"),
     "vae_dtype": (FIELDS, "SDXL: the VAE's own dtype (float32 avoids fp16 overflow)"),
     "caption_preset": (FIELDS, "object or style caption templates"),
     "caption_templates": (FIELDS, "a caption template with {} for the placeholder (repeatable)"),
@@ -94,6 +94,10 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "dataset_dir": (FIELDS, "folder of training pictures"),
     "keep_in_memory": (FIELDS, "keep decoded pictures in memory"),
     "caption_extension": (FIELDS, "extension of caption files (.txt)"),
+    # run management, sampling, regularization and the other tools' data handling (issue 18c)
+    "repeats": (FIELDS, "each picture this many times per epoch (the diffusers example's --repeats)"),
+    "squash": (FIELDS, "resize pictures to the resolution without cropping (the diffusers example's way)"),
+    "reg_data_dir": (FIELDS, "regularization pictures in kohya's <repeats>_<class> folders"),
 }
 # The other tools' flags carry their help lines in their tables (config.peer_flags); names two tools
 # share (e.g. --output_dir) are listed once, under the config field or the first tool that has them.

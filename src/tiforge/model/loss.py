@@ -88,6 +88,7 @@ def denoising_loss(
     timesteps: torch.Tensor | None = None,
     unet_kwargs: dict | None = None,
     mask: torch.Tensor | None = None,
+    sample_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean denoising error per sample (Min-SNR weighted), averaged over the batch. With `mask`
     ([batch, 1, H, W] in pixel space, 1 = train), each sample's error is averaged over its masked
@@ -108,4 +109,6 @@ def denoising_loss(
         per_sample = (error * weights).sum(dim=(1, 2, 3)) / (weights.sum(dim=(1, 2, 3)) * error.shape[1]).clamp(min=1e-6)
     if min_snr_gamma is not None:
         per_sample = per_sample * min_snr_weights(noise_scheduler, timesteps, min_snr_gamma, prediction_type)
+    if sample_weights is not None:  # kohya's prior_loss_weight for regularization pictures
+        per_sample = per_sample * sample_weights.to(per_sample.device, per_sample.dtype)
     return per_sample.mean()

@@ -59,6 +59,8 @@ class OutputPlan:
         if self.layout in ("diffusers", "invokeai"):
             return self.run_dir / f"checkpoint-{index}"  # diffusers numbers checkpoints by step only
         if self.layout == "kohya":
+            if kind == "end":  # --save_state_on_train_end
+                return self.run_dir / f"{self.stem}-state"
             return self.run_dir / (f"{self.stem}-step{index:08d}-state" if kind == "step" else f"{self.stem}-{index:06d}-state")
         return self.run_dir / "checkpoints" / f"checkpoint-{kind}_{index:08d}"
 
@@ -67,7 +69,7 @@ class OutputPlan:
         if self.layout in ("diffusers", "invokeai"):
             return "checkpoint-*"
         if self.layout == "kohya":
-            return f"{self.stem}-step*-state" if kind == "step" else f"{self.stem}-[0-9]*-state"
+            return {"step": f"{self.stem}-step*-state", "end": f"{self.stem}-state"}.get(kind, f"{self.stem}-[0-9]*-state")
         return f"checkpoints/checkpoint-{kind}_*"
 
     @property

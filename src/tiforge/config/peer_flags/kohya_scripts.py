@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from tiforge.config.flag_spec import Flag, Overrides, set_to
-from tiforge.config.schema import ConfigError
+from tiforge.config.flag_spec import Flag, Overrides, ignored, set_to
 
 NAME = "kohya"
 TITLE = "kohya-ss sd-scripts (train_textual_inversion.py / sdxl_train_textual_inversion.py)"
@@ -14,14 +13,6 @@ TITLE = "kohya-ss sd-scripts (train_textual_inversion.py / sdxl_train_textual_in
 def _weights(value: Any, out: Overrides) -> None:
     out["initial_embedding_file"] = value
     out["initializer_token"] = None  # --weights continues training; the init word no longer applies
-
-
-def _prior_loss_weight(value: Any, out: Overrides) -> None:
-    if float(value) != 1.0:
-        raise ConfigError(
-            f"--prior_loss_weight={value}: textual inversion here trains on the concept's pictures only (no "
-            "regularization images), so a prior-loss weight has nothing to weigh; remove it or set it to 1.0"
-        )
 
 
 def _dataset_config(value: Any, out: Overrides) -> None:
@@ -55,6 +46,33 @@ def _random_crop(value: Any, out: Overrides) -> None:
 
 
 FLAGS: dict[str, Flag] = {
+    # run management and data (issue 18c)
+    "save_state": Flag("save_state", kind="bool",
+                       help="write a resumable <name>-stepN-state / <name>-N-state folder at each save"),
+    "save_state_on_train_end": Flag("save_state_on_train_end", kind="bool",
+                                    help="write a resumable <name>-state folder when training ends"),
+    "resume": Flag("resume_from_checkpoint", help="continue from a state folder (= resume_from_checkpoint)"),
+    "save_last_n_epochs": Flag("save_last_n_epochs", help="keep the embeddings of the last N epoch saves"),
+    "save_last_n_epochs_state": Flag("save_last_n_epochs_state", help="keep the state folders of the last N epoch saves"),
+    "save_last_n_steps": Flag("save_last_n_steps", help="keep the step saves of the last N steps"),
+    "save_last_n_steps_state": Flag("save_last_n_steps_state", help="keep the step state folders of the last N steps"),
+    "prior_loss_weight": Flag("prior_loss_weight", help="loss weight of the regularization pictures (--reg_data_dir)"),
+    "reg_data_dir": Flag("data_loader.reg_data_dir",
+                         help="regularization pictures in <repeats>_<class> folders, trained with their class captions"),
+    "sample_prompts": Flag("sample_prompts", help="a prompt file (.txt/.toml/.json) to draw sample pictures from"),
+    "sample_every_n_steps": Flag("sample_every_n_steps", help="sample pictures every N steps"),
+    "sample_every_n_epochs": Flag("sample_every_n_epochs", help="sample pictures every N epochs (wins over steps)"),
+    "sample_at_first": Flag("sample_at_first", kind="bool", help="sample pictures before the first step"),
+    "sample_sampler": Flag("sample_sampler", help="the sampler for sample pictures (ddim, euler_a, dpmsolver++, ...)"),
+    "vae": Flag("vae_model", help="a VAE folder or single file to use instead of the model's (= vae_model)"),
+    "lowram": Flag(None, kind="bool", apply=ignored,
+                   note="--lowram: tiforge loads the frozen model once, straight into its training dtype, and "
+                        "holds only the placeholder vectors' optimizer state; there is nothing more to save",
+                   help="accepted; model loading already keeps one copy in memory"),
+    "persistent_data_loader_workers": Flag(None, kind="bool", apply=ignored,
+                                           note="--persistent_data_loader_workers: tiforge's data-loader workers "
+                                                "always live for the whole run",
+                                           help="accepted; the data-loader workers always persist"),
     "token_string": Flag("placeholder_token", help="= placeholder_token"),
     "init_word": Flag("initializer_token", help="= initializer_token"),
     "num_vectors_per_token": Flag("num_vectors", help="= num_vectors"),
@@ -72,7 +90,6 @@ FLAGS: dict[str, Flag] = {
                          help="PyTorch memory-efficient attention (the default)"),
     "max_data_loader_n_workers": Flag("dataloader_num_workers", help="= dataloader_num_workers"),
     "log_with": Flag("report_to", help="= report_to"),
-    "prior_loss_weight": Flag(None, apply=_prior_loss_weight, help="only 1.0 (no regularization images in TI)"),
     "dataset_config": Flag(None, apply=_dataset_config, help="a kohya dataset .toml"),
     "cache_latents_to_disk": Flag(None, kind="bool", apply=_cache_to_disk, help="= cache_vae_outputs_to_disk"),
     "enable_bucket": Flag(None, kind="bool", apply=_bucket(None), help="aspect-ratio buckets"),
@@ -98,7 +115,6 @@ FLAGS: dict[str, Flag] = {
 REFUSED: dict[str, str] = {
     "in_json": "fine-tuning metadata .json files are not read; use --train_data_dir with caption files, or a "
                "JSONL dataset (data_loader.dataset.type: IMAGE_CAPTION_JSONL_DATASET)",
-    "reg_data_dir": "regularization images have no use in textual inversion (only the concept's pictures train it)",
     "v2": "the model's family is read from the model itself; remove --v2",
     "v_parameterization": "use --prediction_type v_prediction",
     "cache_text_encoder_outputs": "textual inversion trains through the text encoders, so their outputs change "
