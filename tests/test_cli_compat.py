@@ -118,7 +118,8 @@ def test_kohya_command_line(tiny_sd1, tmp_path, capsys):
     assert cfg["optimizer"]["optimizer_type"] == "AdamW8bit" and cfg["cache_vae_outputs"] is True
     assert cfg["mixed_precision"] == "fp16" and cfg["weight_dtype"] == "float16"  # as kohya casts the weights
     assert cfg["data_loader"]["dataset"]["type"] == "IMAGE_CAPTION_DIR_DATASET"
-    assert main(["train", *line, *shlex.split(QUICK), "--save_every_n_steps=1", "-q"]) == 0
+    # kohya writes a state folder beside each saved embedding only with --save_state
+    assert main(["train", *line, *shlex.split(QUICK), "--save_every_n_steps=1", "--save_state", "-q"]) == 0
     run = tmp_path / "out"  # kohya's names and layout, in output_dir itself
     assert load_file(run / "mychar.safetensors")["emb_params"].shape == (4, 32)
     assert (run / "mychar-step00000001.safetensors").is_file() and (run / "mychar-step00000001-state").is_dir()
@@ -174,11 +175,9 @@ def test_kohya_weights_continue_an_embedding(tiny_sd1, image_dir, tmp_path, caps
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--reg_data_dir=reg", "--reg_data_dir: not supported: regularization images have no use in textual inversion"),
     ("--logging_dir=logs", "--logging_dir: not supported: logs always go to <run folder>/logs"),
     ("--gui", "--gui: not supported: the console front end is `tiforge ui`"),
     ("--max_train_step=3", "--max_train_step: unknown flag (did you mean --max_train_steps?)"),
-    ("--prior_loss_weight=0.5", "a prior-loss weight has nothing to weigh"),
 ])
 def test_flags_that_mean_nothing_are_refused_with_what_to_use(flag, message, tiny_sd1, image_dir, tmp_path, capsys):
     assert main(["train", "--pretrained_model_name_or_path", str(tiny_sd1), "--train_data_dir", str(image_dir),
@@ -234,7 +233,7 @@ def test_progress_bars_for_loading_caching_training_validation(tiny_sd1, image_d
                  "--learnable_property", "object", "--placeholder_token", "<j>", "--initializer_token", "toy",
                  "--output_dir", str(tmp_path), "--max_train_steps", "2", "--resolution", "32", "--cache_latents",
                  "--validation_prompt", "a <j>", "--num_validation_images", "1", "--num_validation_inference_steps", "1",
-                 "--save_every_n_steps", "1"]) == 0
+                 "--save_every_n_steps", "1", "--save_state"]) == 0
     err = capsys.readouterr().err
     for bar in ("checking data", "loading model", "caching latents", "training", "validation (final)",
                 "saving checkpoint step 1"):

@@ -130,3 +130,22 @@ _FIELD_NAMES_OF_KOHYA = {"output_name", "save_model_as"}
 
 def recognises(names: set[str]) -> bool:
     return bool(names & (set(FLAGS) | _FIELD_NAMES_OF_KOHYA))
+
+
+# kohya's argparse defaults (library/train_util.py, train_textual_inversion.py) where they differ from
+# tiforge's; they apply to a command line in its flags, and the user's own values always win.
+DEFAULTS: dict[str, Any] = {
+    "train_batch_size": 1,
+    "optimizer.learning_rate": 2e-6,
+    "max_train_steps": 1600,
+    "max_grad_norm": 1.0,
+    "min_snr_gamma": None,
+    "save_model_as": "pt",
+    "save_state": False,
+    "data_loader.dataset.caption_extension": ".caption",
+}
+DEFAULTS_UNLESS: dict[str, tuple[str, ...]] = {
+    "max_train_steps": ("max_train_epochs",),
+    # a dataset .toml, or templates in place of caption files
+    "data_loader.dataset.caption_extension": ("data_loader.dataset.config_path", "data_loader.caption_preset"),
+}
