@@ -12,10 +12,11 @@ def run_management_problems(config) -> list[str]:
         problems.append("sample_every_n_steps / sample_every_n_epochs / sample_at_first: set sample_prompts to the "
                         "prompt file to sample from")
     if config.sample_prompts:
-        from tiforge.training.sample_prompts import SamplePromptError, read_sample_prompts
+        from tiforge.training.sample_prompts import SamplePromptError, check_sampler_available, read_sample_prompts
 
         try:
-            read_sample_prompts(config.sample_prompts)
+            for prompt in read_sample_prompts(config.sample_prompts):
+                check_sampler_available(prompt.sampler or config.sample_sampler)
         except SamplePromptError as err:
             problems.append(f"sample_prompts: {err}")
     return problems

@@ -29,7 +29,8 @@ SAMPLERS: dict[str, tuple[str, dict]] = {
     "heun": ("HeunDiscreteScheduler", {}),
     "dpm_2": ("KDPM2DiscreteScheduler", {}),
     "dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}),
-    "dpmsolver": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver"}),
+    # first-order dpmsolver cannot end on sigma zero (diffusers refuses it)
+    "dpmsolver": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}),
     "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
     "dpmsingle": ("DPMSolverSinglestepScheduler", {}),
 }
@@ -68,6 +69,15 @@ def sampler_name(name: str) -> str:
     if lowered not in SAMPLERS:
         raise SamplePromptError(f"unknown sampler {name!r}; use one of {', '.join([*SAMPLERS, *SAMPLER_ALIASES])}")
     return lowered
+
+
+def check_sampler_available(name: str) -> None:
+    """lms needs scipy, which tiforge does not otherwise need: say so before training, not at the first sample."""
+    import importlib.util
+
+    if sampler_name(name) == "lms" and importlib.util.find_spec("scipy") is None:
+        raise SamplePromptError(f"sampler {name}: diffusers' LMSDiscreteScheduler needs scipy (pip install scipy); "
+                                "or choose another sampler, e.g. euler or dpmsolver++")
 
 
 def make_scheduler(name: str, base_config):
