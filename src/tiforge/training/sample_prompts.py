@@ -181,10 +181,13 @@ def _from_json(path: Path, text: str) -> list[SamplePrompt]:
         raise SamplePromptError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
     if not isinstance(data, list) or not data:
         raise SamplePromptError(f"{path}: expected a list of prompts")
-    return [parse_prompt_line(item, i, f"{path}: [{i}]") if isinstance(item, str)
-            else _from_table(i, item, f"{path}: [{i}]") if isinstance(item, dict)
-            else _raise(f"{path}: [{i}]: expected a prompt string or a table") for i, item in enumerate(data)]
-
-
-def _raise(message: str):
-    raise SamplePromptError(message)
+    prompts = []
+    for i, item in enumerate(data):
+        where = f"{path}: [{i}]"
+        if isinstance(item, str):
+            prompts.append(parse_prompt_line(item, i, where))
+        elif isinstance(item, dict):
+            prompts.append(_from_table(i, item, where))
+        else:
+            raise SamplePromptError(f"{where}: expected a prompt string or a table")
+    return prompts
