@@ -54,7 +54,7 @@ def test_reg_data_dir_pictures_keep_their_class_captions_and_weigh_prior_loss_we
     make_images(tmp_path / "reg" / "1_woman", n=3)  # no caption files: the folder's class words caption them
     line = shlex.split(f"--pretrained_model_name_or_path={tiny_sd1} --train_data_dir={data.parent} "
                        f"--reg_data_dir={tmp_path / 'reg'} --prior_loss_weight=0.5 --output_dir={tmp_path / 'out'} "
-                       f"--token_string=mychar4 --init_word=cute --use_object_template {QUICK} --max_train_steps=2")
+                       f"--token_string=mychar4 --init_word=cute --caption_extension=.txt {QUICK} --max_train_steps=2")
     assert main(["train", *line, "--print-config"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["data_loader"]["reg_data_dir"] == str(tmp_path / "reg") and cfg["prior_loss_weight"] == 0.5
@@ -62,16 +62,23 @@ def test_reg_data_dir_pictures_keep_their_class_captions_and_weigh_prior_loss_we
     records = find_records(config.data_loader)
     reg = [r for r in records if r.is_reg]
     assert [r.caption for r in reg] == ["woman"] * 3 and sum(r.repeats for r in reg) == 10  # balanced to 2 x 5
-    captioner = Captioner(config.data_loader, Placeholder("mychar4", ("mychar4",), (49408,)))
-    assert captioner(reg[0].caption, torch.Generator().manual_seed(0), reg[0]) == "woman"  # no template, no token
-    assert "mychar4" in captioner(None, torch.Generator().manual_seed(0), records[0])
-    weights = loss_weights({"is_reg": torch.tensor([True, False])}, 0.5)
-    assert weights.tolist() == [0.5, 1.0]
+    ph = Placeholder("mychar4", ("mychar4",), (49408,))
+    assert Captioner(config.data_loader, ph)(reg[0].caption, torch.Generator().manual_seed(0), reg[0]) == "woman"
+    assert loss_weights({"is_reg": torch.tensor([True, False])}, 0.5).tolist() == [0.5, 1.0]
 
     caplog.set_level("INFO", logger="tiforge")
     assert main(["train", *line, "-q"]) == 0
-    assert "regularization: 3 of 3 picture(s), 10 per epoch" in caplog.text
-    assert "carry no placeholder, so they send no gradient into the embedding" in caplog.text
+    assert "regularization: 3 of 3 picture(s), 10 per epoch with repeats (balanced to the 10 training" in caplog.text
+    assert "They carry no placeholder, so they send no gradient into the embedding" in caplog.text
+
+    # kohya's templates replace every caption, the regularization pictures' too: then they train the placeholder
+    caplog.clear()
+    capsys.readouterr()
+    assert main(["train", *line, "--use_object_template", "--print-config"]) == 0
+    templated = config_from_dict(yaml.safe_load(capsys.readouterr().out))
+    reg = [r for r in find_records(templated.data_loader) if r.is_reg]
+    assert "mychar4" in Captioner(templated.data_loader, ph)(reg[0].caption, torch.Generator().manual_seed(0), reg[0])
+    assert "so they train the placeholder too" in caplog.text
 
 
 def test_prior_loss_weight_scales_the_reg_samples_loss():

@@ -56,7 +56,7 @@ class Captioner:
         caption = _tags(original, options, rng) if original else ""
         if options.caption_dropout_rate and _chance(rng) < options.caption_dropout_rate:
             caption = ""
-        if self.templates and not (record is not None and record.is_reg):  # reg pictures: their own caption
+        if self.templates:  # kohya's TI templates replace every caption, regularization pictures' too
             template = self.templates[int(torch.randint(len(self.templates), (), generator=rng).item())]
             if "[name]" in template or "[filewords]" in template:  # an A1111 template line
                 words = original if original is not None else _file_words(record)

@@ -2,10 +2,12 @@
 the diffusers example's `--repeats`.
 
 Regularization pictures train with their own captions (a caption file, else the folder's class words)
-and never with the placeholder, at `prior_loss_weight`. kohya balances them against the training
-pictures: their repeats are raised (or some are left out) until they count as many per epoch as the
-training pictures do, repeats included. In textual inversion they carry no placeholder, so their loss
-sends no gradient into the vectors: they only dilute the concept's gradient in the batch average.
+at `prior_loss_weight`. kohya balances them against the training pictures: their repeats are raised
+(or some are left out) until they count as many per epoch as the training pictures do, repeats
+included. Their captions carry no placeholder, so their loss sends no gradient into the vectors: they
+only dilute the concept's gradient in the batch average. With caption templates (kohya's
+--use_object_template / --use_style_template) kohya's textual-inversion script replaces every
+caption by a template, theirs too: then they do train the placeholder, towards the class pictures.
 """
 
 from __future__ import annotations
@@ -59,11 +61,15 @@ def add_regularization(records: list[Record], dl, options: Options, use_masks: b
     balanced = balance_regularization(records)
     reg = [r for r in balanced if r.is_reg]
     train_count = sum(r.repeats for r in balanced if not r.is_reg)
-    log.info(
-        "regularization: %d of %d picture(s), %d per epoch with repeats (balanced to the %d training pictures per "
-        "epoch, as kohya does), captioned by their own captions or class words at prior_loss_weight. They carry no "
-        "placeholder, so they send no gradient into the embedding: they only dilute the concept's gradient",
-        len(reg), found, sum(r.repeats for r in reg), train_count)
+    if dl.uses_templates:
+        effect = ("captioned by the caption templates like the training pictures (kohya's textual-inversion script "
+                  "replaces every caption by a template): so they train the placeholder too, towards these pictures")
+    else:
+        effect = ("captioned by their own captions or class words. They carry no placeholder, so they send no "
+                  "gradient into the embedding: they only dilute the concept's gradient")
+    log.info("regularization: %d of %d picture(s), %d per epoch with repeats (balanced to the %d training pictures "
+             "per epoch, as kohya does), weighted by prior_loss_weight; %s", len(reg), found,
+             sum(r.repeats for r in reg), train_count, effect)
     if len(reg) < found:
         log.warning("regularization: %d picture(s) are left out: there are more than training pictures (kohya "
                     "leaves them out too)", found - len(reg))
