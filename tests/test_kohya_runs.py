@@ -263,3 +263,19 @@ def test_near_misses_of_kohya_names_suggest_the_right_flag(typo, suggestion):
 
     with pytest.raises(ConfigError, match=f"did you mean {suggestion}\\?"):
         flags_to_overrides([typo])
+
+
+@pytest.mark.parametrize("flag", ["--highvram", "--vae_batch_size=4", "--save_n_epoch_ratio=5", "--caption_prefix=x"])
+def test_kohyas_unsupported_flags_are_named_as_kohyas_not_misread_as_a_lookalike(flag):
+    from tiforge.config.flags import flags_to_overrides
+    from tiforge.config.schema import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        flags_to_overrides([flag])
+    assert "a flag of kohya-ss sd-scripts" in str(err.value) and "did you mean" not in str(err.value)
+
+
+def test_kohyas_old_spelling_caption_extention():
+    from tiforge.config.flags import flags_to_overrides
+
+    assert flags_to_overrides(["--caption_extention=.txt"])["data_loader.dataset.caption_extension"] == ".txt"

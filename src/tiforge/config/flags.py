@@ -8,7 +8,6 @@ instead; none is silently ignored.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from typing import Any, get_args, get_origin
 
@@ -16,6 +15,7 @@ from tiforge.config.schema import (AdamWOptimizerConfig, ConfigError, SdxlTextua
                                    WEIGHT_DTYPE_OF_MIXED_PRECISION)
 from tiforge.config.data_schema import ImageCaptionDirDatasetConfig, TextualInversionSDDataLoaderConfig
 from tiforge.config.flag_spec import Flag, Overrides
+from tiforge.config.flag_suggestions import unknown_flag_message
 from tiforge.config.peer_flags import all_flags, all_refused
 
 log = logging.getLogger("tiforge")
@@ -115,8 +115,7 @@ def flags_to_overrides(argv: list[str]) -> Overrides:
             continue
         flag = ALIASES.get(name) or _FIELDS.get(name)
         if flag is None:
-            close = difflib.get_close_matches(name, known_flag_names(), n=1)
-            problems.append(f"--{name}: unknown flag" + (f" (did you mean --{close[0]}?)" if close else ""))
+            problems.append(unknown_flag_message(name, known_flag_names()))
             continue
         if not has_value:
             if flag.kind == "bool" and (i >= len(argv) or argv[i].startswith("--")):

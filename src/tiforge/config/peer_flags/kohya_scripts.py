@@ -52,6 +52,7 @@ FLAGS: dict[str, Flag] = {
     "save_state_on_train_end": Flag("save_state_on_train_end", kind="bool",
                                     help="write a resumable <name>-state folder when training ends"),
     "resume": Flag("resume_from_checkpoint", help="continue from a state folder (= resume_from_checkpoint)"),
+    "caption_extention": Flag("data_loader.dataset.caption_extension", help="kohya's old spelling of --caption_extension"),
     "save_last_n_epochs": Flag("save_last_n_epochs", help="keep the embeddings of the last N epoch saves"),
     "save_last_n_epochs_state": Flag("save_last_n_epochs_state", help="keep the state folders of the last N epoch saves"),
     "save_last_n_steps": Flag("save_last_n_steps", help="keep the step saves of the last N steps"),
@@ -149,3 +150,42 @@ DEFAULTS_UNLESS: dict[str, tuple[str, ...]] = {
     # a dataset .toml, or templates in place of caption files
     "data_loader.dataset.caption_extension": ("data_loader.dataset.config_path", "data_loader.caption_preset"),
 }
+
+
+# Every flag name of kohya's textual-inversion scripts (train_textual_inversion.py and the library
+# argument groups it adds). A name here that tiforge does not take is said to be kohya's, not unknown,
+# and gets no "did you mean" pointing at an unrelated flag that merely looks alike.
+KNOWN_NAMES = frozenset("""
+    adaptive_noise_scale alpha_mask async_upload bucket_no_upscale bucket_reso_steps cache_info cache_latents
+    cache_latents_to_disk cache_text_encoder_outputs cache_text_encoder_outputs_to_disk
+    caption_dropout_every_n_epochs caption_dropout_rate caption_extension caption_extention caption_prefix
+    caption_separator caption_suffix caption_tag_dropout_rate ckpt clip_skip color_aug conditioning_data_dir
+    config_file console_log_file console_log_level console_log_simple dataset_class dataset_config
+    dataset_repeats ddp_gradient_as_bucket_view ddp_static_graph ddp_timeout debiased_estimation_loss
+    debug_dataset deepspeed disable_mmap_load_safetensors dynamo_backend enable_bucket enable_wildcard
+    face_crop_aug_range flip_aug fp16_master_weights_and_gradients fp8_base full_bf16 full_fp16
+    fused_backward_pass gradient_accumulation_steps gradient_checkpointing highvram huber_c huber_scale
+    huber_schedule huggingface_path_in_repo huggingface_repo_id huggingface_repo_type
+    huggingface_repo_visibility huggingface_token in_json init_word ip_noise_gamma
+    ip_noise_gamma_random_strength keep_tokens keep_tokens_separator learning_rate log_config log_prefix
+    log_tracker_config log_tracker_name log_with logging_dir loss_type lowram lr_decay_steps lr_scheduler
+    lr_scheduler_args lr_scheduler_min_lr_ratio lr_scheduler_num_cycles lr_scheduler_power
+    lr_scheduler_timescale lr_scheduler_type lr_warmup_steps masked_loss max_bucket_reso
+    max_data_loader_n_workers max_grad_norm max_timestep max_token_length max_train_epochs max_train_steps
+    mem_eff_attn metadata_author metadata_description metadata_is_negative_embedding metadata_license
+    metadata_merged_from metadata_preprocessor metadata_tags metadata_thumbnail metadata_title
+    metadata_trigger_phrase metadata_usage_hint min_bucket_reso min_snr_gamma min_timestep mixed_precision
+    multires_noise_discount multires_noise_iterations no_half_vae noise_offset noise_offset_random_strength
+    num_vectors_per_token offload_optimizer_device offload_optimizer_nvme_path offload_param_device
+    offload_param_nvme_path optimizer_args optimizer_type output_config output_dir output_name
+    persistent_data_loader_workers pretrained_model_name_or_path prior_loss_weight random_crop reg_data_dir
+    resize_interpolation resolution resume resume_from_huggingface sample_at_first sample_every_n_epochs
+    sample_every_n_steps sample_prompts sample_sampler save_every_n_epochs save_every_n_steps save_last_n_epochs
+    save_last_n_epochs_state save_last_n_steps save_last_n_steps_state save_model_as save_n_epoch_ratio
+    save_precision save_state save_state_on_train_end save_state_to_huggingface
+    scale_v_pred_loss_like_noise_pred sdpa secondary_separator seed shuffle_caption skip_cache_check
+    token_string token_warmup_min token_warmup_step tokenizer_cache_dir torch_compile train_batch_size
+    train_data_dir use_8bit_adam use_lion_optimizer use_object_template use_style_template v2 v_parameterization
+    v_pred_like_loss vae vae_batch_size wandb_api_key wandb_run_name weighted_captions weights xformers
+    zero3_init_flag zero3_save_16bit_model zero_stage zero_terminal_snr
+""".split())
