@@ -440,7 +440,10 @@ class Recipe:
     def save_periodic(self, kind: str, index: int) -> None:
         """A scheduled save: a checkpoint, or only the embedding without save_state (kohya's way); then
         kohya's save_last_n_* retention."""
-        self.save_checkpoint(kind, index) if self.config.save_state else self.save_snapshot(kind, index)
+        if self.config.save_state:
+            self.save_checkpoint(kind, index)
+        else:
+            self.save_snapshot(kind, index)
         if self.main:
             prune_old_saves(self.plan, self.config, kind, index)
 
