@@ -248,9 +248,35 @@ def test_vae_model_replaces_the_vae_of_an_sd_model(tiny_sd1, tmp_path):
         other.decoder.conv_out.bias.fill_(0.25)
     other.save_pretrained(tmp_path / "vae-folder")
     save_file(other.state_dict(), tmp_path / "vae.safetensors")
-    for source in (tmp_path / "vae-folder", tmp_path / "vae.safetensors"):  # a folder, or kohya's single file
-        parts = load_sd_components(str(tiny_sd1), None, vae_model=str(source), progress=False)
-        assert not parts.is_sdxl and torch.all(parts.vae.decoder.conv_out.bias == 0.25), source
+    # the original (LDM) key names, as in vae-ft-mse-840000-ema-pruned.safetensors or a whole checkpoint
+    save_file({k: v.contiguous() for k, v in _ldm_vae_keys(other.state_dict(), 2).items()}, tmp_path / "ldm.safetensors")
+    for source in ("vae-folder", "vae.safetensors", "ldm.safetensors"):  # a folder, or kohya's single file
+        parts = load_sd_components(str(tiny_sd1), None, vae_model=str(tmp_path / source), progress=False)
+        assert not parts.is_sdxl, source
+        for name, value in other.state_dict().items():
+            assert torch.equal(parts.vae.state_dict()[name], value), (source, name)
+
+
+def _ldm_vae_keys(state: dict, levels: int) -> dict:
+    """diffusers' VAE key names -> the original Stable Diffusion checkpoint's (a test fixture)."""
+    import re
+
+    out = {}
+    for key, value in state.items():
+        up = lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}."  # noqa: E731 - the up blocks run backwards
+        k = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", key)
+        k = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", k)
+        k = re.sub(r"decoder\.up_blocks\.(\d+)\.resnets\.", lambda m: up(m) + "block.", k)
+        k = re.sub(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: up(m) + "upsample.", k)
+        k = re.sub(r"mid_block\.resnets\.(\d+)\.", lambda m: f"mid.block_{int(m.group(1)) + 1}.", k)
+        k = k.replace("mid_block.attentions.0.", "mid.attn_1.").replace("conv_norm_out", "norm_out")
+        k = k.replace("conv_shortcut", "nin_shortcut").replace("attn_1.group_norm", "attn_1.norm")
+        for a, b in (("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")):
+            k = k.replace(f"attn_1.{a}.", f"attn_1.{b}.")
+        if ".attn_1." in k and k.endswith(".weight") and value.ndim == 2:
+            value = value[:, :, None, None]  # 1x1 convolutions there
+        out["first_stage_model." + k] = value
+    return out
 
 
 @pytest.mark.parametrize("typo, suggestion", [
