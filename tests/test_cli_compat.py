@@ -11,7 +11,7 @@ from diffusers import StableDiffusionPipeline
 from tiforge.frontends.cli import main
 from tiforge.embeddings.compatibility import invokeai_token_width
 
-from conftest import make_images
+from conftest import base_config, make_images
 
 # Seed 003, the diffusers guide, with MODEL_NAME / DATA_DIR filled in.
 DIFFUSERS = """--pretrained_model_name_or_path={model} --train_data_dir={data} --learnable_property="object"
@@ -118,7 +118,8 @@ def test_kohya_command_line(tiny_sd1, tmp_path, capsys):
     assert cfg["optimizer"]["optimizer_type"] == "AdamW8bit" and cfg["cache_vae_outputs"] is True
     assert cfg["mixed_precision"] == "fp16" and cfg["weight_dtype"] == "float16"  # as kohya casts the weights
     assert cfg["data_loader"]["dataset"]["type"] == "IMAGE_CAPTION_DIR_DATASET"
-    assert main(["train", *line, *shlex.split(QUICK), "--save_every_n_steps=1", "-q"]) == 0
+    # kohya writes a state folder beside each saved embedding only with --save_state
+    assert main(["train", *line, *shlex.split(QUICK), "--save_every_n_steps=1", "--save_state", "-q"]) == 0
     run = tmp_path / "out"  # kohya's names and layout, in output_dir itself
     assert load_file(run / "mychar.safetensors")["emb_params"].shape == (4, 32)
     assert (run / "mychar-step00000001.safetensors").is_file() and (run / "mychar-step00000001-state").is_dir()
@@ -174,11 +175,9 @@ def test_kohya_weights_continue_an_embedding(tiny_sd1, image_dir, tmp_path, caps
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--reg_data_dir=reg", "--reg_data_dir: not supported: regularization images have no use in textual inversion"),
     ("--logging_dir=logs", "--logging_dir: not supported: logs always go to <run folder>/logs"),
     ("--gui", "--gui: not supported: the console front end is `tiforge ui`"),
     ("--max_train_step=3", "--max_train_step: unknown flag (did you mean --max_train_steps?)"),
-    ("--prior_loss_weight=0.5", "a prior-loss weight has nothing to weigh"),
 ])
 def test_flags_that_mean_nothing_are_refused_with_what_to_use(flag, message, tiny_sd1, image_dir, tmp_path, capsys):
     assert main(["train", "--pretrained_model_name_or_path", str(tiny_sd1), "--train_data_dir", str(image_dir),
@@ -234,7 +233,7 @@ def test_progress_bars_for_loading_caching_training_validation(tiny_sd1, image_d
                  "--learnable_property", "object", "--placeholder_token", "<j>", "--initializer_token", "toy",
                  "--output_dir", str(tmp_path), "--max_train_steps", "2", "--resolution", "32", "--cache_latents",
                  "--validation_prompt", "a <j>", "--num_validation_images", "1", "--num_validation_inference_steps", "1",
-                 "--save_every_n_steps", "1"]) == 0
+                 "--save_every_n_steps", "1", "--save_state"]) == 0
     err = capsys.readouterr().err
     for bar in ("checking data", "loading model", "caching latents", "training", "validation (final)",
                 "saving checkpoint step 1"):
@@ -262,3 +261,59 @@ def test_mixed_precision_flag_casts_the_weights_unless_weight_dtype_is_given(tin
     path.write_text(path.read_text().replace("mixed_precision: bf16", "mixed_precision: no"))
     assert "mixed_precision: no" in path.read_text()
     assert resolved([str(path)], capsys)["mixed_precision"] == "no"
+
+
+def test_each_tool_brings_its_own_defaults(tiny_sd1, image_dir, tmp_path, capsys):
+    """The same command line trains the same thing: what the tool fixes or defaults applies where the line is silent."""
+    common = ["--train_data_dir", str(image_dir), "--placeholder_token=<t>", f"--output_dir={tmp_path / 'o'}"]
+    diffusers = resolved(["--pretrained_model_name_or_path", str(tiny_sd1), "--initializer_token=toy", *common], capsys)
+    dl = diffusers["data_loader"]
+    assert (dl["random_flip"], dl["squash"], dl["repeats"], dl["caption_preset"]) == (True, True, 100, "object")
+    assert (diffusers["train_batch_size"], diffusers["optimizer"]["learning_rate"], diffusers["scale_lr"]) == (16, 1e-4, False)
+    assert (diffusers["lr_warmup_steps"], diffusers["max_train_steps"], diffusers["save_every_n_steps"]) == (500, 5000, 500)
+    assert diffusers["save_embedding_every_n_steps"] == 500 and diffusers["min_snr_gamma"] is None
+    # the user's own values win; --center_crop crops instead of squashing, epochs replace the default steps
+    mine = resolved(["--pretrained_model_name_or_path", str(tiny_sd1), "--initializer_token=toy", *common,
+                     "--center_crop", "--repeats=3", "--train_batch_size=2", "--num_train_epochs=2"], capsys)
+    assert (mine["data_loader"]["squash"], mine["data_loader"]["center_crop"], mine["data_loader"]["repeats"]) == (
+        False, True, 3)
+    assert mine["train_batch_size"] == 2 and mine["max_train_steps"] is None and mine["max_train_epochs"] == 2
+
+    invokeai = resolved(["--model", str(tiny_sd1), *common], capsys)
+    assert invokeai["scale_lr"] is True and invokeai["initializer_token"] == "*" and invokeai["train_batch_size"] == 16
+
+    kohya = resolved(["--pretrained_model_name_or_path", str(tiny_sd1), "--token_string=<t>", "--init_word=toy",
+                      "--train_data_dir", str(image_dir), f"--output_dir={tmp_path / 'k'}"], capsys)
+    assert (kohya["train_batch_size"], kohya["optimizer"]["learning_rate"], kohya["max_train_steps"]) == (1, 2e-6, 1600)
+    assert (kohya["max_grad_norm"], kohya["min_snr_gamma"], kohya["save_model_as"], kohya["save_state"]) == (
+        1.0, None, "pt", False)
+    assert kohya["data_loader"]["dataset"]["caption_extension"] == ".caption"
+    assert kohya["data_loader"]["random_flip"] is False and kohya["data_loader"]["repeats"] == 1
+
+    # a YAML config is invoke-training's: flags added to it do not bring another tool's defaults
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(base_config(tiny_sd1, image_dir, tmp_path / "y")))
+    assert main(["train", str(cfg), f"--output_dir={tmp_path / 'y'}", "--print-config"]) == 0
+    from_yaml = yaml.safe_load(capsys.readouterr().out)
+    assert from_yaml["train_batch_size"] == 2 and from_yaml["data_loader"]["repeats"] == 1
+
+
+def test_squash_and_repeats_reach_the_training_data(image_dir):
+    from tiforge.config.data_schema import TextualInversionSDDataLoaderConfig
+    from tiforge.data.dataset import TextualInversionDataset
+    from tiforge.data.images import load_image
+    from tiforge.data.sources import find_records
+
+    dl = TextualInversionSDDataLoaderConfig(dataset={"type": "IMAGE_DIR_DATASET", "dataset_dir": str(image_dir)},
+                                            caption_preset="object", resolution=32, squash=True, repeats=5)
+    records = find_records(dl)
+    dataset = TextualInversionDataset(records, dl, captioner=None, tokenizers=[])
+    assert len(dataset) == 5 * len(records)
+    wide = records[-1]  # 72 x 48: squashed whole, not cropped
+    pixels, crop, _ = dataset.image_tensors(len(records) - 1)
+    import numpy as np
+    from PIL import Image
+
+    expected = np.asarray(load_image(wide.image).resize((32, 32), Image.Resampling.BICUBIC), dtype=np.float32)
+    assert (crop.top, crop.left) == (0, 0)
+    assert np.allclose(pixels.permute(1, 2, 0).numpy(), expected / 127.5 - 1.0, atol=1e-5)

@@ -101,8 +101,8 @@ batch_size = 2
     assert len(shuffled) > 2 and all(s.startswith("<p>, ") for s in shuffled)  # the kept first tag stays first
     assert cap(records[2].caption, None, records[2]) == "photo, <p> toy"
 
-    toml.write_text(f'[[datasets]]\nresolution = 32\nbatch_sise = 2\n  [[datasets.subsets]]\n  image_dir = "{a}"\n  is_reg = true\n')
-    with pytest.raises(DatasetError, match=r"(?s)datasets\[0\].batch_sise: unknown key \(did you mean batch_size\?\).*is_reg: regularization"):
+    toml.write_text(f'[[datasets]]\nresolution = 32\nbatch_sise = 2\n  [[datasets.subsets]]\n  image_dir = "{a}"\n  token_warmup_min = 1\n')
+    with pytest.raises(DatasetError, match=r"(?s)datasets\[0\].batch_sise: unknown key \(did you mean batch_size\?\).*token_warmup_min: token warmup"):
         find_records(dl(dataset={"type": "KOHYA_DATASET_CONFIG", "config_path": str(toml)}))
 
 

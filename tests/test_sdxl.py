@@ -147,8 +147,8 @@ def test_sdxl_initializers_and_embedding_file_families(tiny_sd1, tiny_sdxl, imag
 def test_sdxl_config_rules_and_vae_override(tiny_sdxl, image_dir, tmp_path):
     with pytest.raises(ConfigError, match="save_format: diffusers: an SDXL embedding has clip_l and clip_g"):
         config_from_dict(sdxl_config(tiny_sdxl, image_dir, tmp_path, save_format="diffusers"))
-    with pytest.raises(ConfigError, match=r"vae_model: unknown field \(it applies to SDXL only"):
-        config_from_dict(base_config(tiny_sdxl, image_dir, tmp_path, vae_model="x/y"))
+    with pytest.raises(ConfigError, match=r"vae_dtype: unknown field \(it applies to SDXL only"):
+        config_from_dict(base_config(tiny_sdxl, image_dir, tmp_path, vae_dtype="float32"))
     # a separate VAE (here: the model's own vae/ folder) in its own dtype
     result = run(sdxl_config(tiny_sdxl, image_dir, tmp_path / "out", max_train_steps=1, vae_model=str(tiny_sdxl),
                              vae_dtype="bfloat16"))

@@ -116,6 +116,15 @@ class TextualInversionSDDataLoaderConfig(StrictModel):
     """kohya: small random hue shifts (not with cache_vae_outputs)."""
     on_bad_image: Literal["skip", "stop"] = "skip"
     """Unreadable, empty or mismatched files: train without them (and say which), or stop before training."""
+    repeats: int = Field(1, ge=1)
+    """Every picture this many times per epoch (the diffusers example's and invokeai-ti's --repeats, default
+    100 there); multiplies kohya's per-folder repeats."""
+    squash: bool = False
+    """Resize each picture to the resolution as it is, without cropping (the diffusers example's and
+    invokeai-ti's way unless --center_crop)."""
+    reg_data_dir: str | None = None
+    """kohya's regularization pictures: `<repeats>_<class>` folders whose pictures train with their own
+    captions (or the folder's class words), at prior_loss_weight, balanced to the training pictures' count."""
 
     @field_validator("caption_templates")
     @classmethod

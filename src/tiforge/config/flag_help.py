@@ -69,7 +69,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "max_nonfinite_steps": (FIELDS, "stop after this many NaN/inf steps in a row"),
     "output_layout": (FIELDS, "run_folders (a timestamped folder per run), or diffusers / invokeai / kohya file names"),
     "save_embedding_every_n_steps": (FIELDS, "also write the embedding alone every N steps"),
-    "vae_model": (FIELDS, "SDXL: a replacement VAE (folder or hub id)"),
+    "vae_model": (FIELDS, "a replacement VAE (folder, single file or hub id)"),
     "vae_dtype": (FIELDS, "SDXL: the VAE's own dtype (float32 avoids fp16 overflow)"),
     "caption_preset": (FIELDS, "object or style caption templates"),
     "caption_templates": (FIELDS, "a caption template with {} for the placeholder (repeatable)"),
@@ -115,6 +115,10 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "huber_c": (FIELDS, "pseudo-Huber threshold (0.1)"),
     "huber_schedule": (FIELDS, "constant, exponential or snr (how huber_c varies with the timestep)"),
     "huber_scale": (FIELDS, "multiplies huber_c (constant and exponential schedules)"),
+    # run management, sampling, regularization and the other tools' data handling (issue 18c)
+    "repeats": (FIELDS, "each picture this many times per epoch (the diffusers example's --repeats)"),
+    "squash": (FIELDS, "resize pictures to the resolution without cropping (the diffusers example's way)"),
+    "reg_data_dir": (FIELDS, "regularization pictures in kohya's <repeats>_<class> folders"),
 }
 # The other tools' flags carry their help lines in their tables (config.peer_flags); names two tools
 # share (e.g. --output_dir) are listed once, under the config field or the first tool that has them.

@@ -8,7 +8,6 @@ instead; none is silently ignored.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from typing import Any, get_args, get_origin
 
@@ -16,6 +15,7 @@ from tiforge.config.schema import (AdamWOptimizerConfig, ConfigError, SdxlTextua
                                    WEIGHT_DTYPE_OF_MIXED_PRECISION)
 from tiforge.config.data_schema import ImageCaptionDirDatasetConfig, TextualInversionSDDataLoaderConfig
 from tiforge.config.flag_spec import Flag, Overrides
+from tiforge.config.flag_suggestions import unknown_flag_message
 from tiforge.config.peer_flags import all_flags, all_refused
 
 log = logging.getLogger("tiforge")
@@ -65,6 +65,7 @@ def _mixed_precision(value: Any, out: Overrides) -> None:
 
 
 _WEIGHTS_FOLLOW = "\0weights follow --mixed_precision"  # a marker key, read and removed by apply_flag_overrides
+_TOOL = "\0the tool whose command line this is"  # a marker key: its defaults apply (config.tool_defaults)
 
 # Config fields whose flag reads its value the way the other tools write it (kohya's W,H resolution,
 # fp16/bf16 precisions); their help lines are the fields'.
@@ -114,8 +115,7 @@ def flags_to_overrides(argv: list[str]) -> Overrides:
             continue
         flag = ALIASES.get(name) or _FIELDS.get(name)
         if flag is None:
-            close = difflib.get_close_matches(name, known_flag_names(), n=1)
-            problems.append(f"--{name}: unknown flag" + (f" (did you mean --{close[0]}?)" if close else ""))
+            problems.append(unknown_flag_message(name, known_flag_names()))
             continue
         if not has_value:
             if flag.kind == "bool" and (i >= len(argv) or argv[i].startswith("--")):
@@ -153,6 +153,7 @@ def _output_layout_of_flags(seen: set[str], out: Overrides) -> None:
     layout = layout_of_flags(seen)
     if layout is None or "output_layout" in out:
         return
+    out[_TOOL] = layout
     out["output_layout"] = layout
     log.info("--output_dir: outputs go there as %s names them (output_layout: %s)",
              {"kohya": "kohya-ss sd-scripts", "invokeai": "invokeai-ti"}.get(layout, "the diffusers example"), layout)
@@ -181,8 +182,11 @@ def _resolve_invokeai_model_name(out: Overrides) -> None:
     out["model"] = resolve_model_name(str(model), root)
 
 
-def apply_flag_overrides(data: dict, overrides: Overrides) -> dict:
+def apply_flag_overrides(data: dict, overrides: Overrides, tool_defaults: bool = True) -> dict:
+    """The flags over `data`; then, for a command line in another tool's flags alone (`tool_defaults`:
+    no config file), that tool's defaults wherever neither says otherwise."""
     overrides = dict(overrides)
+    tool = overrides.pop(_TOOL, None)
     if overrides.pop(_WEIGHTS_FOLLOW, False) and "weight_dtype" not in overrides and "weight_dtype" not in data:
         weights = WEIGHT_DTYPE_OF_MIXED_PRECISION.get(str(overrides["mixed_precision"]))
         if weights is not None:  # an unknown value is left to the config's own message
@@ -197,6 +201,10 @@ def apply_flag_overrides(data: dict, overrides: Overrides) -> dict:
                 node[k] = {}
             node = node[k]
         node[keys[-1]] = value
+    if tool is not None and tool_defaults:
+        from tiforge.config.tool_defaults import apply_tool_defaults
+
+        apply_tool_defaults(data, tool)
     _fill_flag_only_defaults(data)
     return data
 

@@ -14,6 +14,8 @@ from pydantic import Field, field_validator, model_validator
 from tiforge.config.data_schema import StrictModel, TextualInversionSDDataLoaderConfig
 
 LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
+SampleSampler = Literal["ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver",
+                        "dpmsolver++", "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a"]
 ReportTo = Literal[
     "all", "none", "tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio"
 ]
@@ -194,6 +196,33 @@ class SdTextualInversionConfig(StrictModel):
     """Multiplies huber_c for the constant and exponential schedules."""
 
     # ---- run management: saving, sampling, regularization (issue 18) ----
+    save_state: bool = True
+    """Write a resumable checkpoint (the training state) at each save; false: the embedding alone, as kohya
+    does without --save_state (stopping early still leaves a checkpoint)."""
+    save_state_on_train_end: bool = False
+    """Also write a resumable checkpoint when training ends (kohya's `<name>-state`)."""
+    save_last_n_epochs: int | None = Field(None, ge=1)
+    """Keep only the embeddings of the last N epoch saves (kohya)."""
+    save_last_n_epochs_state: int | None = Field(None, ge=1)
+    """Keep only the checkpoints of the last N epoch saves (default: save_last_n_epochs)."""
+    save_last_n_steps: int | None = Field(None, ge=1)
+    """Keep only the step saves' embeddings of the last N steps (kohya)."""
+    save_last_n_steps_state: int | None = Field(None, ge=1)
+    """Keep only the step checkpoints of the last N steps (default: save_last_n_steps)."""
+    prior_loss_weight: float = Field(1.0, ge=0)
+    """Loss weight of regularization pictures (data_loader.reg_data_dir, or is_reg subsets of a kohya .toml)."""
+    sample_prompts: str | None = None
+    """kohya's sample prompt file (.txt lines with --n --w --h --s --l --d, or .toml/.json); the pictures go to
+    `sample/` in the run folder."""
+    sample_every_n_steps: int | None = Field(None, gt=0)
+    sample_every_n_epochs: int | None = Field(None, gt=0)
+    """Sample every N epochs (then sample_every_n_steps is ignored, as in kohya)."""
+    sample_at_first: bool = False
+    sample_sampler: SampleSampler = "ddim"
+    """The sampler of sample_prompts pictures (kohya's names; a prompt's own --ss wins)."""
+    vae_model: str | None = None
+    """A VAE to use instead of the model's own: a diffusers folder, a single .safetensors/.ckpt file, or a hub
+    id, e.g. madebyollin/sdxl-vae-fp16-fix (SDXL's own VAE overflows to NaN in fp16)."""
 
     data_loader: TextualInversionSDDataLoaderConfig
 
@@ -282,6 +311,7 @@ class SdTextualInversionConfig(StrictModel):
             )
         if self.use_masks and dl.dataset.type == "HF_HUB_IMAGE_CAPTION_DATASET" and not dl.dataset.mask_column:
             problems.append("use_masks: set data_loader.dataset.mask_column to the dataset's mask column")
+        problems += self._run_management_problems()
         problems += self._family_problems()
         problems += self._kohya_conditioning_problems()
         if problems:
@@ -295,6 +325,11 @@ class SdTextualInversionConfig(StrictModel):
         from tiforge.config.kohya_conditioning_rules import conditioning_problems
 
         return conditioning_problems(self)
+
+    def _run_management_problems(self) -> list[str]:
+        from tiforge.config.run_management_checks import run_management_problems
+
+        return run_management_problems(self)
 
     # -- derived values used by the recipe ------------------------------------------------------
 
@@ -311,9 +346,6 @@ class SdxlTextualInversionConfig(SdTextualInversionConfig):
     """SDXL: the same schema, two text encoders, and invoke-training's VAE overrides."""
 
     type: Literal["SDXL_TEXTUAL_INVERSION", "TEXTUAL_INVERSION_SDXL"] = "SDXL_TEXTUAL_INVERSION"
-    vae_model: str | None = None
-    """A VAE to use instead of the model's own: a local diffusers folder or a hub id, e.g.
-    madebyollin/sdxl-vae-fp16-fix (SDXL's own VAE overflows to NaN in fp16)."""
     vae_dtype: Literal["float16", "bfloat16", "float32"] | None = None
     """The VAE's dtype, overriding weight_dtype for it: float32 keeps SDXL's own VAE finite."""
     save_format: Literal["diffusers", "a1111", "kohya"] = "kohya"

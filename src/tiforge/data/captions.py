@@ -23,6 +23,7 @@ def check_captions_hold_placeholder(records: list[Record], placeholder: str, use
     """
     if uses_templates:
         return []
+    records = [r for r in records if not r.is_reg]  # regularization captions never hold it
     without = [r.name for r in records if placeholder not in (r.caption or "")]
     if len(without) == len(records):
         raise DatasetError(
@@ -55,7 +56,7 @@ class Captioner:
         caption = _tags(original, options, rng) if original else ""
         if options.caption_dropout_rate and _chance(rng) < options.caption_dropout_rate:
             caption = ""
-        if self.templates:
+        if self.templates:  # kohya's TI templates replace every caption, regularization pictures' too
             template = self.templates[int(torch.randint(len(self.templates), (), generator=rng).item())]
             if "[name]" in template or "[filewords]" in template:  # an A1111 template line
                 words = original if original is not None else _file_words(record)

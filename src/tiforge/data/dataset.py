@@ -55,6 +55,7 @@ class TextualInversionDataset(Dataset):
         self.use_masks = use_masks
         self.max_token_length = max_token_length  # kohya's long captions: 77-token windows (model.long_prompts)
         self.record_of = [r for r, rec in enumerate(records) for _ in range(rec.repeats)]
+        self.has_reg = any(rec.is_reg for rec in records)
         self.targets = self._targets(sizes or {})
         self.latent_params: list[torch.Tensor] | None = None
         self.latent_crops: list[Crop] | None = None
@@ -95,7 +96,8 @@ class TextualInversionDataset(Dataset):
                                f"{record.name} is {image.width}x{image.height}; a mask must match its image")
         flip = rng is not None and record.options.flip and bool(torch.rand((), generator=rng) < 0.5)
         center = rng is None or not record.options.random_crop
-        out = resize_and_crop(image, self.targets[record_index], center=center, flip=flip, rng=rng, mask=mask)
+        out = resize_and_crop(image, self.targets[record_index], center=center, flip=flip, rng=rng, mask=mask,
+                              squash=self.dl.squash)
         pixels, crop = out[0], out[1]
         if rng is not None and record.options.color_aug:
             pixels = color_augment(pixels, rng)
@@ -108,6 +110,8 @@ class TextualInversionDataset(Dataset):
         rng = item_rng(self.seed, epoch, index)
         caption = self.captioner(record.caption, rng, record)
         item = {"caption": caption, "input_ids": tokenize(self.tokenizers, [caption], self.max_token_length)[0]}
+        if self.has_reg:  # regularization pictures train at prior_loss_weight (training.regularization)
+            item["is_reg"] = torch.tensor(record.is_reg)
         if self.latent_params is not None:
             item["latent_params"], crop = self.latent_params[r], self.latent_crops[r]
             mask = self.latent_masks[r] if self.use_masks else None

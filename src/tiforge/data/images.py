@@ -70,13 +70,16 @@ class Crop:
 
 def resize_and_crop(
     image: Image.Image, size: tuple[int, int], center: bool, flip: bool, rng: torch.Generator | None = None,
-    mask: Image.Image | None = None,
+    mask: Image.Image | None = None, squash: bool = False,
 ) -> tuple[torch.Tensor, Crop] | tuple[torch.Tensor, Crop, torch.Tensor]:
-    """Scale to cover `size`, crop, maybe mirror; a mask goes through exactly the same steps."""
+    """Scale to cover `size`, crop, maybe mirror; a mask goes through exactly the same steps. `squash`
+    scales straight to `size` instead, whatever the aspect ratio (the diffusers example's way)."""
     height, width = size
     original = (image.height, image.width)
     scale = max(height / image.height, width / image.width)
     new_h, new_w = max(height, round(image.height * scale)), max(width, round(image.width * scale))
+    if squash:
+        new_h, new_w, center = height, width, True
     image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
     if center:
         top, left = (new_h - height) // 2, (new_w - width) // 2

@@ -26,7 +26,6 @@ DATASET_KEYS = {"resolution", "batch_size", "enable_bucket", "min_bucket_reso", 
                 "bucket_reso_steps", "bucket_no_upscale", "subsets"}
 # Keys kohya knows that tiforge does not act on: refused with the reason instead of ignored.
 _REFUSED = {
-    "is_reg": "regularization images have no use in textual inversion (only the concept's pictures train it)",
     "metadata_file": "fine-tuning metadata .json files are not read; use image_dir with caption files",
     "caption_dropout_every_n_epochs": "not supported; use caption_dropout_rate",
     "token_warmup_min": "token warmup is not supported",
@@ -59,6 +58,7 @@ class KohyaSubset:
     caption_prefix: str | None = None
     caption_suffix: str | None = None
     alpha_mask: bool = False
+    is_reg: bool = False
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class Record:
     repeats: int = 1
     options: Options = Options()
     caption_file: Path | None = None  # where the caption was expected (for messages)
+    is_reg: bool = False  # a regularization picture (kohya): its own caption, no placeholder, prior_loss_weight
 
     @property
     def name(self) -> str:
@@ -95,7 +96,9 @@ def find_records(dl: TextualInversionSDDataLoaderConfig, use_masks: bool = False
                                   "data_loader.dataset.dataset_dir")
     if not records:
         raise DatasetError(f"data_loader.dataset: no {'/'.join(IMAGE_SUFFIXES)} images found")
-    return records
+    from tiforge.data.regularization import add_regularization
+
+    return add_regularization(records, dl, options, use_masks)
 
 
 # ------------------------------------------------------------------------------------- folders
@@ -247,9 +250,10 @@ def _kohya_records(config_path: str, use_masks: bool) -> list[Record]:
                 tag_dropout_rate=sub.caption_tag_dropout_rate, caption_prefix=sub.caption_prefix,
                 caption_suffix=sub.caption_suffix, alpha_mask=sub.alpha_mask,
             )
-            records += _folder_records(sub.image_dir, sub.caption_extension, options,
-                                       use_masks and not sub.alpha_mask, f"{config_path}: image_dir",
-                                       sub.num_repeats, sub.class_tokens)
+            found = _folder_records(sub.image_dir, sub.caption_extension, options,
+                                    use_masks and not sub.alpha_mask, f"{config_path}: image_dir",
+                                    sub.num_repeats, sub.class_tokens)
+            records += [replace(r, is_reg=True) for r in found] if sub.is_reg else found
     return records
 
 

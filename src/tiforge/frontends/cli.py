@@ -24,7 +24,7 @@ def _train_config(args):
 
     data = read_config_file(args.config) if args.config else {}
     data = apply_overrides(data, args.set)
-    data = apply_flag_overrides(data, flags_to_overrides(args.flags))
+    data = apply_flag_overrides(data, flags_to_overrides(args.flags), tool_defaults=not args.config)
     args.debug_dataset = bool(data.pop("debug_dataset", False))
     if not args.config:
         from tiforge.config.flag_help import missing_required

@@ -203,7 +203,7 @@ def load_sd_components(model: str, hf_variant: str | None = None, single_file_co
         parts = _load(model, hf_variant, single_file_config, sdxl, bar)
         if vae_model is not None:
             bar.set_postfix_str("vae_model")
-            parts.vae = load_vae(vae_model, hf_variant)
+            parts.vae = load_vae(vae_model, hf_variant, like=parts.vae)
         bar.n = total
         bar.set_postfix_str("")
         bar.refresh()
@@ -215,11 +215,41 @@ def load_sd_components(model: str, hf_variant: str | None = None, single_file_co
     return parts
 
 
-def load_vae(name: str, hf_variant: str | None = None):
-    """A separate VAE from a local diffusers folder (the VAE's own, or a model's `vae/`) or a hub id."""
+def _single_file_vae(path: Path, like):
+    """A VAE in one file (kohya's --vae): diffusers' key names, or the original LDM ones (a VAE file, or a
+    whole model checkpoint's first_stage_model), on the architecture of the model's own VAE `like`."""
+    import torch
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state)
+    except Exception as err:
+        raise ModelLoadError(f"vae_model {path}: could not read it ({type(err).__name__}: {err})") from None
+    if not any(k.startswith("encoder.down_blocks.") for k in state):
+        state = convert_ldm_vae_checkpoint(state, like.config)
+    vae = AutoencoderKL.from_config(like.config)
+    missing, unexpected = vae.load_state_dict(state, strict=False)
+    if missing:
+        raise ModelLoadError(f"vae_model {path}: not a VAE for this model ({len(missing)} weights missing, e.g. "
+                             f"{missing[0]})")
+    return vae
+
+
+def load_vae(name: str, hf_variant: str | None = None, like=None):
+    """A separate VAE from a local diffusers folder (the VAE's own, or a model's `vae/`), a single file
+    (with `like`, the model's own VAE, for its architecture) or a hub id."""
     from diffusers import AutoencoderKL
 
     path = Path(name).expanduser()
+    if path.is_file() and like is not None and path.suffix in (".safetensors", ".ckpt", ".pt", ".bin"):
+        return _single_file_vae(path, like)
     if path.is_dir():
         if (path / "config.json").is_file():
             return AutoencoderKL.from_pretrained(str(path), local_files_only=True)
@@ -229,7 +259,7 @@ def load_vae(name: str, hf_variant: str | None = None):
     if path.is_file() or name.count("/") != 1 or name.startswith(("/", ".", "~")):
         raise ModelLoadError(
             f"vae_model {name}: expected a local diffusers VAE folder or a hub id such as "
-            "madebyollin/sdxl-vae-fp16-fix (single-file VAEs are not supported)"
+            "madebyollin/sdxl-vae-fp16-fix, or a .safetensors/.ckpt/.pt/.bin file"
         )
     try:
         return AutoencoderKL.from_pretrained(name, variant=hf_variant)

@@ -159,6 +159,7 @@ def denoising_loss(
     mask: torch.Tensor | None = None,
     input_noise: torch.Tensor | None = None,
     settings: LossSettings | None = None,
+    reg_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean denoising error per sample (Min-SNR and `settings`' weights), averaged over the batch.
     With `mask` ([batch, 1, H, W] in pixel space, 1 = train), each sample's error is averaged over its
@@ -184,4 +185,6 @@ def denoising_loss(
     weights = sample_weights(noise_scheduler, timesteps, prediction_type, min_snr_gamma, settings)
     if weights is not None:
         per_sample = per_sample * weights.to(per_sample.device)
+    if reg_weights is not None:  # kohya's prior_loss_weight for regularization pictures
+        per_sample = per_sample * reg_weights.to(per_sample.device, per_sample.dtype)
     return per_sample.mean()

@@ -157,6 +157,10 @@ RESUMABLE_CHANGES = {
     "enable_cpu_offload_during_validation", "report_to", "resume_from_checkpoint", "dataloader_num_workers",
     "install_embeddings_root", "save_format", "save_model_as", "save_precision", "max_nonfinite_steps",
     "base_output_dir", "seed", "output_layout", "save_embedding_every_n_steps", "num_vectors", "output_name", "allow_tf32", "push_to_hub", "hub_model_id", "hub_token", "xformers", "gradient_checkpointing",
+    # kohya's run management (issue 18): what is saved and sampled, not what is trained
+    "save_state", "save_state_on_train_end", "save_last_n_epochs", "save_last_n_epochs_state", "save_last_n_steps",
+    "save_last_n_steps_state", "sample_prompts", "sample_every_n_steps", "sample_every_n_epochs", "sample_at_first",
+    "sample_sampler",
 }
 
 

@@ -38,7 +38,7 @@ class Step:
 class FileWritten:
     """A checkpoint folder, a validation folder or the embedding file, complete on disk."""
 
-    kind: Literal["checkpoint", "validation", "embedding"]
+    kind: Literal["checkpoint", "validation", "embedding", "sample"]
     path: str
 
 

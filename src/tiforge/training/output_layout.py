@@ -7,6 +7,9 @@
 | invokeai      | output_dir/ (as diffusers), then installed in <root>/embeddings/<trigger>/ | | |                    |
 | kohya         | output_dir/                     | <output_name>.<save_model_as>            | <name>-step<8 digits>-state/    | <name>-step<8 digits>.<ext>, <name>-<6 digits>.<ext> |
 
+kohya's state folders are written with save_state (its --save_state), `<name>-state/` at the end with
+save_state_on_train_end; without save_state a save writes the embedding alone.
+
 run_folders is invoke-training's behaviour and the YAML default; the other three are chosen by the
 flags of the diffusers example, invokeai-ti and kohya-ss sd-scripts (`layout_of_flags`).
 """
@@ -59,6 +62,8 @@ class OutputPlan:
         if self.layout in ("diffusers", "invokeai"):
             return self.run_dir / f"checkpoint-{index}"  # diffusers numbers checkpoints by step only
         if self.layout == "kohya":
+            if kind == "end":  # --save_state_on_train_end
+                return self.run_dir / f"{self.stem}-state"
             return self.run_dir / (f"{self.stem}-step{index:08d}-state" if kind == "step" else f"{self.stem}-{index:06d}-state")
         return self.run_dir / "checkpoints" / f"checkpoint-{kind}_{index:08d}"
 
@@ -67,7 +72,7 @@ class OutputPlan:
         if self.layout in ("diffusers", "invokeai"):
             return "checkpoint-*"
         if self.layout == "kohya":
-            return f"{self.stem}-step*-state" if kind == "step" else f"{self.stem}-[0-9]*-state"
+            return {"step": f"{self.stem}-step*-state", "end": f"{self.stem}-state"}.get(kind, f"{self.stem}-[0-9]*-state")
         return f"checkpoints/checkpoint-{kind}_*"
 
     @property

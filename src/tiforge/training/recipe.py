@@ -29,6 +29,7 @@ from tiforge.data.checks import apply_policy, scan_records
 from tiforge.data.dataset import TextualInversionDataset, auto_num_workers, make_dataloader
 from tiforge.data.captions import Captioner, check_captions_hold_placeholder
 from tiforge.data.latent_cache import cache_vae_outputs, check_cacheable, default_cache_dir
+from tiforge.data.regularization import loss_weights
 from tiforge.data.sources import apply_kohya_dataset_settings, find_records
 from tiforge.embeddings.convert import install_for_invokeai
 from tiforge.embeddings.hub import push_embedding
@@ -46,10 +47,12 @@ from tiforge.training.optimizers import build_lr_scheduler, build_optimizer, sca
 from tiforge.training.output_layout import diffusers_concept_files, plan_outputs, run_dir_of_checkpoint
 from tiforge.training.precision import fp16_autocast_on_cpu, guarded_update
 from tiforge.training.processes import agreed, check_ranks_agree, make_accelerator, new_run_dir
+from tiforge.training.retention import prune_old_saves
 from tiforge.training.resume import check_resumable, remove_stale_temporaries, resume_point
 from tiforge.training.progress import TrainingBar, progress_bar
 from tiforge.training.run_folders import check_output_space, estimate_output_bytes, log_to_run_dir
 from tiforge.training.saving import RunFiles
+from tiforge.training.sampling import SamplePictures
 from tiforge.training.run_guard import RunFolderLock, RunRecord, record_failure
 from tiforge.training.start_checks import check_caption_lengths, token_window, warn_nothing_left, warn_vector_count
 from tiforge.training.validation import validate_with_config
@@ -205,7 +208,7 @@ class Recipe:
                               progress=progress_bar("caching latents", self.main and self.progress))
             # The VAE is only needed again to decode validation images: park it off the accelerator,
             # or drop it when there is nothing to validate.
-            if config.validation_prompts:
+            if config.validation_prompts or config.sample_prompts:
                 parts.vae.to("cpu")
             else:
                 parts.vae = None
@@ -271,6 +274,7 @@ class Recipe:
                     **conditioning_metadata(self.prompt_encoder)}
         self.files = RunFiles(config, self.plan, self.run_dir, self.placeholders[0].token, metadata,
                               self.resolved_yaml, self.progress)
+        self.samples = SamplePictures(config, self.run_dir, self.seed)
 
     # ------------------------------------------------------------------------------------ train
 
@@ -280,6 +284,8 @@ class Recipe:
             self.emit(events.Started(str(self.run_dir), self.global_step, self.max_steps))
         self.window_loss, self.window_batches = torch.zeros((), device=self.device), 0  # over accumulation
         self.nonfinite_in_a_row = 0
+        if self.global_step == 0 and self.samples.at_step(0):
+            self.sample(None)
         step_started = time.perf_counter()
         for epoch in range(self.start_epoch, self.num_epochs + 1):
             if self.global_step >= self.max_steps:
@@ -331,6 +337,7 @@ class Recipe:
             prediction_type=self.prediction_type, min_snr_gamma=self.config.min_snr_gamma,
             noise=noise, timesteps=timesteps, input_noise=input_noise, settings=self.loss_settings,
             unet_kwargs=unet_kwargs, mask=batch["mask"].to(device) if "mask" in batch else None,
+            reg_weights=loss_weights(batch, self.config.prior_loss_weight),
         )
         self.accelerator.backward(loss)
         return loss.detach().float()
@@ -386,16 +393,20 @@ class Recipe:
         if config.save_embedding_every_n_steps and step % config.save_embedding_every_n_steps == 0:
             self.save_snapshot("step", step)
         if config.save_every_n_steps and step % config.save_every_n_steps == 0 and step < self.max_steps:
-            self.save_checkpoint("step", step)
+            self.save_periodic("step", step)
         if config.validate_every_n_steps and step % config.validate_every_n_steps == 0 and step < self.max_steps:
             self.validate(f"step_{step:08d}")
+        if self.samples.at_step(step):
+            self.sample(None)
 
     def after_epoch(self, epoch: int) -> None:
         config, last_epoch = self.config, self.global_step >= self.max_steps
         if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and not last_epoch:
-            self.save_checkpoint("epoch", epoch)
+            self.save_periodic("epoch", epoch)
         if config.validate_every_n_epochs and epoch % config.validate_every_n_epochs == 0 and not last_epoch:
             self.validate(f"epoch_{epoch:04d}")
+        if self.samples.at_epoch(epoch):
+            self.sample(epoch)
 
     # ------------------------------------------------------------------------ saving, validating
 
@@ -432,6 +443,16 @@ class Recipe:
         self.accelerator.wait_for_everyone()
         return path
 
+    def save_periodic(self, kind: str, index: int) -> None:
+        """A scheduled save: a checkpoint, or only the embedding without save_state (kohya's way); then
+        kohya's save_last_n_* retention."""
+        if self.config.save_state:
+            self.save_checkpoint(kind, index)
+        else:
+            self.save_snapshot(kind, index)
+        if self.main:
+            prune_old_saves(self.plan, self.config, kind, index)
+
     def save_snapshot(self, kind: str, index: int) -> None:
         if self.main:
             self.files.snapshot(kind, index, self.current_vectors(), self.global_step)
@@ -445,6 +466,13 @@ class Recipe:
             self.result.validation_dirs.append(out_dir)
             log.info("validation images: %s", out_dir)
             self.emit(events.FileWritten("validation", str(out_dir)))
+        self.accelerator.wait_for_everyone()
+
+    def sample(self, epoch: int | None) -> None:
+        if self.main:
+            for path in self.samples.generate(self.parts, self.accelerator.unwrap_model(self.text_model), self.device,
+                                              self.global_step, epoch, self.accelerator.autocast):
+                self.emit(events.FileWritten("sample", str(path)))
         self.accelerator.wait_for_everyone()
 
     def stop(self, message: str, exit_code: int) -> None:
@@ -461,6 +489,8 @@ class Recipe:
         config, main = self.config, self.main
         check_ranks_agree(self.accelerator, torch.cat([v.flatten() for v in self.prompt_encoder.vectors().values()]))
         self.save_embedding()
+        if config.save_state_on_train_end:
+            self.save_checkpoint("end", self.global_step)
         if main and self.plan.layout in ("diffusers", "invokeai"):
             for path, text in diffusers_concept_files(self.run_dir, self.placeholders[0].token,
                                                       config.data_loader.caption_preset):

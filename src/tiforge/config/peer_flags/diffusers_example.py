@@ -48,6 +48,7 @@ FLAGS: dict[str, Flag] = {
                              note="--only_save_embeds: tiforge only ever saves the embedding",
                              help="accepted; tiforge only ever saves the embedding"),
     "local_rank": Flag(None, apply=ignored, help="set by torch.distributed launchers; ignored"),
+    "repeats": Flag("data_loader.repeats", help="each picture this many times per epoch (default 100, = repeats)"),
     "sdxl": Flag(None, kind="bool", apply=_sdxl,
                  help="train SDXL (= type SDXL_TEXTUAL_INVERSION); kohya's SDXL script too"),
 }
@@ -56,7 +57,6 @@ REFUSED: dict[str, str] = {
     "logging_dir": "logs always go to <run folder>/logs; choose the run folder's parent with --output_dir",
     "revision": "load a specific revision by downloading it and passing its folder as --pretrained_model_name_or_path",
     "tokenizer_name": "tiforge uses the model's own tokenizer",
-    "repeats": "repeat the data with --max_train_epochs or --max_train_steps",
     "save_as_full_pipeline": "tiforge saves the embedding only; load it into any pipeline with load_textual_inversion",
 }
 
@@ -67,3 +67,34 @@ REQUIRED = {"model": "--pretrained_model_name_or_path", "base_output_dir": "--ou
 
 def recognises(names: set[str]) -> bool:
     return bool(names & set(FLAGS)) and ("model" not in names or "pretrained_model_name_or_path" in names)
+
+
+# What the script does where its command line does not say (its argparse defaults, and what it fixes:
+# a flip with p = 0.5, pictures squashed to a square unless --center_crop, the object templates). They
+# apply to a command line in its flags; the user's own values always win. `DEFAULTS_UNLESS` names the
+# settings that make a default moot.
+DEFAULTS: dict[str, Any] = {
+    "data_loader.caption_preset": "object",
+    "data_loader.random_flip": True,
+    "data_loader.squash": True,
+    "data_loader.repeats": 100,
+    "train_batch_size": 16,
+    "optimizer.learning_rate": 1e-4,
+    "scale_lr": False,
+    "lr_scheduler": "constant",
+    "lr_warmup_steps": 500,
+    "max_train_steps": 5000,
+    "save_every_n_steps": 500,
+    "save_embedding_every_n_steps": 500,
+    "validate_every_n_steps": 100,
+    "min_snr_gamma": None,
+    "hf_variant": None,
+    "report_to": "tensorboard",
+}
+DEFAULTS_UNLESS: dict[str, tuple[str, ...]] = {
+    "data_loader.squash": ("data_loader.center_crop",),
+    "data_loader.caption_preset": ("data_loader.caption_templates", "data_loader.caption_templates_file"),
+    "max_train_steps": ("max_train_epochs",),
+    "save_every_n_steps": ("save_every_n_epochs",),
+    "validate_every_n_steps": ("validate_every_n_epochs",),
+}

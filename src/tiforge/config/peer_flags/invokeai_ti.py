@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tiforge.config.flag_spec import Flag
+from tiforge.config.peer_flags import diffusers_example
 
 NAME = "invokeai"
 TITLE = "InvokeAI invokeai-ti"
@@ -24,3 +27,11 @@ REQUIRED = {"model": "--model", "base_output_dir": "--output_dir",
 
 def recognises(names: set[str]) -> bool:
     return bool(names & {"root", "root_dir"}) or {"model", "output_dir"} <= names
+
+
+# invokeai-ti is the diffusers example with InvokeAI's changes: the same defaults, except that it always
+# scales the learning rate (its --scale_lr defaults to true) and starts from the word "*".
+DEFAULTS: dict[str, Any] = {**diffusers_example.DEFAULTS, "scale_lr": True, "initializer_token": "*"}
+DEFAULTS_UNLESS: dict[str, tuple[str, ...]] = {
+    **diffusers_example.DEFAULTS_UNLESS, "initializer_token": ("initial_embedding_file", "initial_phrase"),
+}

@@ -1,0 +1,52 @@
+"""The same command line trains the same thing: a run given in another tool's flags gets that tool's
+own defaults (its `DEFAULTS` table in `config.peer_flags`) wherever the user did not say otherwise,
+instead of invoke-training's."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger("tiforge")
+_MISSING = object()
+
+
+def _lookup(data: dict, path: str) -> Any:
+    node: Any = data
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return _MISSING
+        node = node[key]
+    return node
+
+
+def _set(data: dict, path: str, value: Any) -> None:
+    keys = path.split(".")
+    node = data
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def apply_tool_defaults(data: dict, tool_name: str) -> dict[str, Any]:
+    """Fill `data` (the user's settings, already merged) with the tool's defaults where it says nothing;
+    returns what was filled in, and says so in the log."""
+    from tiforge.config.peer_flags import DIALECTS
+
+    tool = next(t for t in DIALECTS if t.NAME == tool_name)
+    filled: dict[str, Any] = {}
+    for path, value in tool.DEFAULTS.items():
+        if _lookup(data, path) is not _MISSING:
+            continue
+        if any(_lookup(data, other) not in (_MISSING, None) for other in tool.DEFAULTS_UNLESS.get(path, ())):
+            continue
+        if path.startswith("data_loader.dataset.") and not isinstance(_lookup(data, "data_loader.dataset"), dict):
+            continue  # no dataset on the command line: its own message says what is missing
+        _set(data, path, value)
+        filled[path] = value
+    if filled:
+        log.info("the defaults of %s apply where the command line does not say: %s", tool.TITLE,
+                 ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in filled.items()))
+    return filled
