@@ -18,11 +18,12 @@ import numpy as np
 
 # dtypes numpy lacks, by the name torch, ml_dtypes and safetensors' writer share
 ML_DTYPES = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
-# safetensors' dtype codes; the rest of its codes are not embedding vectors
+# safetensors' dtype codes that torch read before (the rest, e.g. 4-bit floats, were never vectors)
 SAFETENSORS_DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
     "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
 }
 
 

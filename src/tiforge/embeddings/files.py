@@ -21,6 +21,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from tiforge import __version__
 from tiforge.atomic import atomic_write
 from tiforge.embeddings.arrays import SAFETENSORS_DTYPES, as_array, finite, numpy_dtype, tensors_to_arrays, to_torch
 from tiforge.embeddings.pickle_writer import save_plain_torch_zip
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("tiforge")
 
@@ -65,12 +69,12 @@ class Embedding:
         return next(iter(self.arrays.values()))
 
     @property
-    def vectors(self) -> dict:
+    def vectors(self) -> dict[str, torch.Tensor]:
         """The arrays as torch tensors (imports torch), for training and the pipelines."""
         return {k: to_torch(a) for k, a in self.arrays.items()}
 
     @property
-    def single(self):
+    def single(self) -> torch.Tensor:
         """The one torch tensor of an SD 1.x/2.x embedding."""
         return to_torch(self.single_array)
 
@@ -248,7 +252,7 @@ def _layout(emb: Embedding, fmt: str, token: str, where: Path) -> dict:
 def save_embedding(
     path: str | Path,
     token: str,
-    vectors,
+    vectors: np.ndarray | torch.Tensor | dict[str, np.ndarray | torch.Tensor],
     metadata: dict[str, str] | None = None,
     *,
     format: str = "diffusers",
@@ -257,7 +261,7 @@ def save_embedding(
     warn_layout: bool = True,
 ) -> Path:
     """Write one concept's vectors in `format`; the container follows the file extension.
-    `vectors`: one [n, dim] torch tensor or numpy array, or SDXL's {"clip_l", "clip_g"} of them.
+    `vectors`: one [n, dim] array or tensor, or SDXL's {"clip_l", "clip_g"} of them.
     `warn_layout`: say when a tool cannot load this layout (once per run: the final file)."""
     path = Path(path)
     named = vectors if isinstance(vectors, dict) else {token: vectors}
@@ -265,9 +269,11 @@ def save_embedding(
     clean = {}
     for key, t in named.items():
         t = as_array(t)
-        if isinstance(t, np.ndarray) and not finite(t):
+        if not isinstance(t, np.ndarray):
+            raise EmbeddingFileError(f"{path}: expected vectors as an array or tensor, found {type(t).__name__}")
+        if not finite(t):
             raise EmbeddingFileError(f"{path}: refusing to save non-finite vectors for {token!r}")
-        if isinstance(t, np.ndarray) and dtype is not None:
+        if dtype is not None:
             with np.errstate(over="ignore"):  # a value beyond float16's range becomes inf: refused next
                 t = t.astype(dtype)
         clean[key] = np.ascontiguousarray(_as_2d(t, str(path)))
