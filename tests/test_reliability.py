@@ -363,7 +363,7 @@ def test_light_commands_do_not_import_the_heavy_libraries(tiny_sd1, image_dir, t
         assert _modules_after(argv, tmp_path) == set(), argv
     emb = tmp_path / "e.safetensors"
     save_embedding(emb, "<thing>", torch.randn(2, 32), {})
-    # Embedding files are torch tensors; the model libraries stay out.
+    # safetensors files need no torch (tests/test_fast_start.py); a .pt does; the model libraries stay out.
     for argv in (["inspect", str(emb)], ["convert", str(emb), str(tmp_path / "e.pt"), "--to", "a1111"]):
         assert not _modules_after(argv, tmp_path) & {"diffusers", "transformers", "accelerate"}, argv
 

@@ -28,9 +28,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from tiforge.embeddings.files import PICTURE_SUFFIXES, EmbeddingFileError, _read_picture
+from tiforge.embeddings.files import PICTURE_SUFFIXES, _read_picture, _read_pickle, _read_safetensors
 
 TOOLS = ("diffusers", "A1111", "ComfyUI", "kohya", "InvokeAI")
 WIDTHS = {768: "SD 1.x / SDXL clip_l", 1024: "SD 2.x", 1280: "SDXL clip_g"}
@@ -56,18 +56,13 @@ class Verdict:
 
 
 def _raw(path: Path) -> dict:
-    """The dict a tool gets from the file (pictures: A1111's decoded chunk)."""
+    """The dict a tool gets from the file (pictures: A1111's decoded chunk), tensors as numpy arrays."""
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return _read_safetensors(path)[0]
     if suffix in PICTURE_SUFFIXES:
         return _read_picture(path)
-    data = torch.load(str(path), map_location="cpu", weights_only=True)
-    if not isinstance(data, dict):
-        raise EmbeddingFileError(f"{path}: not a dict")
-    return data
+    return _read_pickle(path)
 
 
 def _is_sdxl(raw: dict) -> bool:
@@ -76,7 +71,7 @@ def _is_sdxl(raw: dict) -> bool:
 
 def _first_tensor(raw: dict):
     value = next(iter(raw.values()), None)
-    return value if isinstance(value, torch.Tensor) else None
+    return value if isinstance(value, np.ndarray) else None
 
 
 class _A1111Unpickler(pickle.Unpickler):
@@ -135,7 +130,7 @@ def _a1111(path: Path, raw: dict) -> Verdict:
         ok = isinstance(raw["string_to_param"], dict) and len(raw["string_to_param"]) == 1
         return Verdict("A1111", ok, "" if ok else "string_to_param must hold exactly one entry")
     if _is_sdxl(raw):
-        ok = all(isinstance(v, torch.Tensor) for v in raw.values())
+        ok = all(isinstance(v, np.ndarray) for v in raw.values())
         return Verdict("A1111", ok, "" if ok else "an SDXL file may hold only tensors")
     if len(raw) == 1 and _first_tensor(raw) is not None:
         return Verdict("A1111", True)
@@ -183,7 +178,7 @@ def _invokeai(path: Path, raw: dict) -> Verdict:
     if path.suffix.lower() not in (".safetensors", ".pt", ".pth", ".ckpt", ".bin"):
         return Verdict("InvokeAI", False, f"it does not install {path.suffix} files; use --to kohya")
     looks = (path.stem == "learned_embeds" or any(k in raw for k in ("string_to_param", "emb_params", "clip_g"))
-             or (len(raw) < 10 and all(isinstance(v, torch.Tensor) for v in raw.values())))
+             or (len(raw) < 10 and all(isinstance(v, np.ndarray) for v in raw.values())))
     if not looks:
         return Verdict("InvokeAI", False, "its probe does not recognise the layout; use --to kohya")
     if "clip_g" in raw and "clip_l" not in raw:

@@ -14,7 +14,7 @@ def convert(src: str | Path, dst: str | Path, to: str, token: str | None = None,
         raise EmbeddingFileError(f"{dst}: output would overwrite the input; choose another name")
     emb = load_embedding(src)
     name = token or emb.trigger(src)
-    vectors = emb.vectors if emb.is_sdxl else emb.single
+    vectors = emb.arrays if emb.is_sdxl else emb.single_array
     return save_embedding(dst, name, vectors, emb.metadata, format=to, precision=precision, step=emb.step)
 
 
@@ -25,5 +25,5 @@ def install_for_invokeai(src: str | Path, root: str | Path, trigger: str | None 
     emb = load_embedding(src)
     name = trigger or emb.trigger(Path(src))
     target = Path(root).expanduser() / "embeddings" / name.strip("<>") / "learned_embeds.bin"
-    return save_embedding(target, name, emb.vectors if emb.is_sdxl else emb.single, emb.metadata,
+    return save_embedding(target, name, emb.arrays if emb.is_sdxl else emb.single_array, emb.metadata,
                           format="kohya" if emb.is_sdxl else "a1111", step=emb.step)

@@ -8,6 +8,10 @@
 
 (see shared/reference/embedding-formats.md). Pickled containers are untrusted input: they are read
 with `weights_only=True`, never executed. Every write goes to a temporary file and is renamed.
+
+Vectors are numpy arrays here (embeddings/arrays.py), so safetensors files and pictures are read and
+written without torch; only the pickled containers import it, inside their reader and writer.
+`Embedding.vectors` / `.single` hand torch tensors to the training side.
 """
 
 from __future__ import annotations
@@ -17,19 +21,23 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from tiforge import __version__
 from tiforge.atomic import atomic_write
-from tiforge.embeddings.pickle_writer import plain_tensor, save_plain_torch_zip
+from tiforge.embeddings.arrays import SAFETENSORS_DTYPES, as_array, finite, numpy_dtype, tensors_to_arrays, to_torch
+from tiforge.embeddings.pickle_writer import save_plain_torch_zip
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("tiforge")
 
 FORMATS = ("diffusers", "a1111", "kohya")
-PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-              "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
+              "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 SDXL_KEYS = ("clip_l", "clip_g")
 PICKLE_SUFFIXES = (".bin", ".pt", ".ckpt", ".pth")
 PICTURE_SUFFIXES = (".png", ".webp")
@@ -44,7 +52,7 @@ class EmbeddingFileError(ValueError):
 class Embedding:
     """Vectors of one concept: `{token: [n, dim]}` for SD 1.x/2.x, `{"clip_l", "clip_g"}` for SDXL."""
 
-    vectors: dict[str, torch.Tensor]
+    arrays: dict[str, np.ndarray]  # as stored in the file, dtype included
     token: str | None = None  # the trigger stored in the file, where the layout has one
     format: str = "diffusers"
     metadata: dict[str, str] = field(default_factory=dict)
@@ -52,33 +60,41 @@ class Embedding:
 
     @property
     def is_sdxl(self) -> bool:
-        return set(self.vectors) == set(SDXL_KEYS)
+        return set(self.arrays) == set(SDXL_KEYS)
+
+    @property
+    def single_array(self) -> np.ndarray:
+        if len(self.arrays) != 1:
+            raise EmbeddingFileError(f"expected one tensor, found {sorted(self.arrays)}")
+        return next(iter(self.arrays.values()))
+
+    @property
+    def vectors(self) -> dict[str, torch.Tensor]:
+        """The arrays as torch tensors (imports torch), for training and the pipelines."""
+        return {k: to_torch(a) for k, a in self.arrays.items()}
 
     @property
     def single(self) -> torch.Tensor:
-        if len(self.vectors) != 1:
-            raise EmbeddingFileError(f"expected one tensor, found {sorted(self.vectors)}")
-        return next(iter(self.vectors.values()))
+        """The one torch tensor of an SD 1.x/2.x embedding."""
+        return to_torch(self.single_array)
 
     @property
     def num_vectors(self) -> int:
-        return next(iter(self.vectors.values())).shape[0]
+        return next(iter(self.arrays.values())).shape[0]
 
     def trigger(self, path: Path) -> str:
         """What a prompt uses: the diffusers layout's key, or, as A1111 and kohya do, the file name."""
         return self.token if self.format == "diffusers" and self.token else path.stem
 
 
-def _as_2d(t, where: str) -> torch.Tensor:
-    if isinstance(t, torch.nn.Parameter):
-        t = t.data
-    if not isinstance(t, torch.Tensor):
+def _as_2d(t, where: str) -> np.ndarray:
+    if not isinstance(t, np.ndarray):
         raise EmbeddingFileError(f"{where}: expected a tensor, found {type(t).__name__}")
     if t.ndim == 1:
-        t = t.unsqueeze(0)
+        t = t[None]
     if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
         raise EmbeddingFileError(f"{where}: expected vectors shaped [n, dim], found {list(t.shape)}")
-    if not torch.isfinite(t.float()).all():
+    if not finite(t):
         raise EmbeddingFileError(f"{where}: holds NaN or infinite values")
     return t
 
@@ -87,16 +103,28 @@ def _as_2d(t, where: str) -> torch.Tensor:
 
 
 def _read_safetensors(path: Path) -> tuple[dict, dict[str, str]]:
-    from safetensors import safe_open
+    # safetensors' numpy reader knows no bfloat16, so the tensors come from its raw `deserialize`
+    # and get their dtype here; safe_open checks the header first and gives the metadata.
+    from safetensors import deserialize, safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        with safe_open(str(path), framework="numpy") as f:
+            meta = dict(f.metadata() or {})
+        views = deserialize(path.read_bytes())
     except Exception as err:  # safetensors raises its own error types for truncated headers
         raise EmbeddingFileError(f"{path}: not a readable safetensors file ({err})") from None
+    tensors = {}
+    for name, view in views:
+        if view["dtype"] not in SAFETENSORS_DTYPES:
+            raise EmbeddingFileError(f"{path}: tensor {name!r} holds {view['dtype']} values, which tiforge does not read")
+        dtype = numpy_dtype(SAFETENSORS_DTYPES[view["dtype"]])
+        tensors[name] = np.frombuffer(view["data"], dtype=dtype).reshape(view["shape"])
+    return tensors, meta
 
 
 def _read_pickle(path: Path) -> dict:
+    import torch  # the one container that needs it; safetensors and pictures are read without
+
     try:
         # Pickles from the internet are untrusted: weights_only refuses anything but tensors and
         # plain containers instead of running code hidden in the file.
@@ -108,18 +136,21 @@ def _read_pickle(path: Path) -> dict:
         ) from None
     if not isinstance(data, dict):
         raise EmbeddingFileError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
-    return data
+    try:
+        return tensors_to_arrays(data)
+    except ValueError as err:
+        raise EmbeddingFileError(f"{path}: {err}") from None
 
 
 class _TensorJSON(json.JSONEncoder):
     def default(self, o):
-        if isinstance(o, torch.Tensor):
-            return {"TORCHTENSOR": o.detach().cpu().float().numpy().tolist()}
+        if isinstance(o, np.ndarray):  # A1111's JSON form of a tensor
+            return {"TORCHTENSOR": o.astype(np.float32).tolist()}
         return super().default(o)
 
 
 def _tensor_hook(d: dict):
-    return torch.from_numpy(np.array(d["TORCHTENSOR"], dtype=np.float32)) if "TORCHTENSOR" in d else d
+    return np.array(d["TORCHTENSOR"], dtype=np.float32) if "TORCHTENSOR" in d else d
 
 
 def _read_picture(path: Path) -> dict:
@@ -180,7 +211,7 @@ def load_embedding(path: str | Path) -> Embedding:
         if vectors["clip_l"].shape[0] != vectors["clip_g"].shape[0]:
             raise EmbeddingFileError(f"{where}: clip_l and clip_g hold different vector counts")
         return Embedding(vectors, token=meta_token, format="kohya", metadata=meta, step=meta_step)
-    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    tensors = {k: v for k, v in data.items() if isinstance(v, np.ndarray)}
     if len(tensors) == 1 and len(data) == 1:  # diffusers {token: tensor}
         token, tensor = next(iter(tensors.items()))
         return Embedding({str(token): _as_2d(tensor, where)}, token=str(token), format="diffusers", metadata=meta,
@@ -196,7 +227,7 @@ def load_embedding(path: str | Path) -> Embedding:
 
 def _layout(emb: Embedding, fmt: str, token: str, where: Path) -> dict:
     if fmt == "kohya":
-        return dict(emb.vectors) if emb.is_sdxl else {"emb_params": emb.single}
+        return dict(emb.arrays) if emb.is_sdxl else {"emb_params": emb.single_array}
     if emb.is_sdxl:
         raise EmbeddingFileError(
             f"{where}: an SDXL embedding (clip_l + clip_g) is written in the kohya layout, which kohya, A1111, "
@@ -205,11 +236,11 @@ def _layout(emb: Embedding, fmt: str, token: str, where: Path) -> dict:
     if fmt == "diffusers":
         # One vector is stored 1-D, as the sd-concepts-library files are: InvokeAI's probe reads the
         # width of a {token: tensor} file from shape[0], so a [1, W] file would not install there.
-        return {token: emb.single[0].clone() if emb.num_vectors == 1 else emb.single}
+        return {token: emb.single_array[0].copy() if emb.num_vectors == 1 else emb.single_array}
     if fmt == "a1111":
         return {
             "string_to_token": {"*": 265},  # A1111 stores the id of '*', a leftover of the paper's code
-            "string_to_param": {"*": emb.single},
+            "string_to_param": {"*": emb.single_array},
             "name": token,
             "step": emb.step or 0,
             "sd_checkpoint": emb.metadata.get("tiforge.base_model_hash"),
@@ -221,7 +252,7 @@ def _layout(emb: Embedding, fmt: str, token: str, where: Path) -> dict:
 def save_embedding(
     path: str | Path,
     token: str,
-    vectors: torch.Tensor | dict[str, torch.Tensor],
+    vectors: np.ndarray | torch.Tensor | dict[str, np.ndarray | torch.Tensor],
     metadata: dict[str, str] | None = None,
     *,
     format: str = "diffusers",
@@ -230,16 +261,22 @@ def save_embedding(
     warn_layout: bool = True,
 ) -> Path:
     """Write one concept's vectors in `format`; the container follows the file extension.
+    `vectors`: one [n, dim] array or tensor, or SDXL's {"clip_l", "clip_g"} of them.
     `warn_layout`: say when a tool cannot load this layout (once per run: the final file)."""
     path = Path(path)
     named = vectors if isinstance(vectors, dict) else {token: vectors}
-    dtype = PRECISIONS[precision] if precision else None
+    dtype = numpy_dtype(PRECISIONS[precision]) if precision else None
     clean = {}
     for key, t in named.items():
-        t = t.detach().to("cpu")
-        if not torch.isfinite(t.float()).all():
+        t = as_array(t)
+        if not isinstance(t, np.ndarray):
+            raise EmbeddingFileError(f"{path}: expected vectors as an array or tensor, found {type(t).__name__}")
+        if not finite(t):
             raise EmbeddingFileError(f"{path}: refusing to save non-finite vectors for {token!r}")
-        clean[key] = _as_2d(t.to(dtype or t.dtype), str(path)).contiguous()
+        if dtype is not None:
+            with np.errstate(over="ignore"):  # a value beyond float16's range becomes inf: refused next
+                t = t.astype(dtype)
+        clean[key] = np.ascontiguousarray(_as_2d(t, str(path)))
     first = next(iter(clean.values()))
     meta = {
         "tiforge.version": __version__,
@@ -258,7 +295,7 @@ def save_embedding(
                 f"{path}: the A1111 layout (string_to_param) needs a .pt file; safetensors cannot hold it. "
                 "Use a .pt name, or --to diffusers/kohya for safetensors"
             )
-        from safetensors.torch import save_file
+        from safetensors.numpy import save_file
 
         if warn_layout:
             _warn_if_invokeai_refuses(path, format, emb)
@@ -266,20 +303,12 @@ def save_embedding(
     if suffix in PICKLE_SUFFIXES:
         if warn_layout:
             _warn_if_invokeai_refuses(path, format, emb)
-        return atomic_write(path, lambda tmp: save_plain_torch_zip(_plain(layout), tmp))
+        return atomic_write(path, lambda tmp: save_plain_torch_zip(layout, tmp))
     if suffix == ".png":
         return atomic_write(path, lambda tmp: _write_picture(tmp, emb, token))
     raise EmbeddingFileError(
         f"{path}: unknown extension {path.suffix!r}; use .safetensors, .bin, .pt, .ckpt or (A1111 picture) .png"
     )
-
-
-def _plain(value):
-    if isinstance(value, torch.Tensor):
-        return plain_tensor(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 def _warn_if_invokeai_refuses(path: Path, fmt: str, emb: Embedding) -> None:
@@ -302,8 +331,9 @@ def _write_picture(tmp: Path, emb: Embedding, token: str) -> None:
 
     data = _layout(emb, "a1111", token, tmp)
     payload = base64.b64encode(json.dumps(data, cls=_TensorJSON).encode()).decode()
-    v = emb.single.float()
-    shade = ((v - v.min()) / (v.max() - v.min() + 1e-8) * 255).byte().numpy()
+    v = emb.single_array.astype(np.float32)
+    # float32 throughout, and truncation to bytes: the pixels torch's float32 arithmetic gave
+    shade = ((v - v.min()) / (v.max() - v.min() + np.float32(1e-8)) * np.float32(255)).astype(np.uint8)
     image = Image.fromarray(np.kron(shade, np.ones((16, 1), np.uint8))).convert("RGB")
     info = PngImagePlugin.PngInfo()
     info.add_text(_PNG_KEY, payload)

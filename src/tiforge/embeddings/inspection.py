@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from tiforge.embeddings.compatibility import loads_in_line
 from tiforge.embeddings.files import Embedding, load_embedding
-from tiforge.model.placeholders import family_of_width
+from tiforge.model.widths import family_of_width
 
 
 def family_of(emb: Embedding) -> str:
     if emb.is_sdxl:
         return "SDXL (clip_l 768 + clip_g 1280)"
-    return family_of_width(emb.single.shape[1])
+    return family_of_width(emb.single_array.shape[1])
 
 
 def describe(path: str | Path, model: str | None = None, single_file_config: str | None = None, top_k: int = 5) -> str:
@@ -25,9 +25,9 @@ def describe(path: str | Path, model: str | None = None, single_file_config: str
         f"format:    {emb.format}  (container {path.suffix})",
         f"trigger:   {emb.trigger(path)}" + (f"  (token stored in the file: {emb.token})" if emb.token else ""),
     ]
-    for key, t in emb.vectors.items():
+    for key, t in emb.arrays.items():
         label = key if emb.is_sdxl else "vectors"
-        lines.append(f"{label + ':':<10} {t.shape[0]} x {t.shape[1]}  {str(t.dtype).replace('torch.', '')}")
+        lines.append(f"{label + ':':<10} {t.shape[0]} x {t.shape[1]}  {t.dtype.name}")
     lines.append(f"fits:      {family_of(emb)}")
     lines.append(f"tools:     {loads_in_line(path)}")
     if emb.step is not None:
@@ -38,8 +38,8 @@ def describe(path: str | Path, model: str | None = None, single_file_config: str
         lines.append(f"model:     {model} is {'an SDXL' if 'clip_g' in tables else 'an SD 1.x/2.x'} model: "
                      "this embedding does not fit it")
         tables = {}
-    for key, t in emb.vectors.items():
-        norms = t.float().norm(dim=1)
+    for key, t in emb.arrays.items():
+        norms = np.linalg.norm(t.astype(np.float32), axis=1)
         ref = ""
         table = tables.get(key) if emb.is_sdxl else next(iter(tables.values()), None)
         if table is not None:
@@ -50,7 +50,7 @@ def describe(path: str | Path, model: str | None = None, single_file_config: str
                 ref = f"  (model vocabulary: median {table.float().norm(dim=1).median():.3f})"
         lines.append(f"norms{'[' + key + ']' if emb.is_sdxl else ''}:    " + " ".join(f"{n:.3f}" for n in norms) + ref)
         if table is not None:
-            lines += _nearest(t, table, tables["__tokenizer__"], top_k)
+            lines += _nearest(emb.vectors[key], table, tables["__tokenizer__"], top_k)
     if emb.metadata:
         lines.append("metadata:")
         lines += [f"  {k}: {v}" for k, v in sorted(emb.metadata.items())]
@@ -67,7 +67,9 @@ def _vocabulary_tables(model: str, single_file_config: str | None) -> dict:
     return {**tables, "__tokenizer__": parts.tokenizer}
 
 
-def _nearest(vectors: torch.Tensor, table: torch.Tensor, tokenizer, k: int) -> list[str]:
+def _nearest(vectors, table, tokenizer, k: int) -> list[str]:
+    import torch  # only with --model, which has loaded the model's torch modules already
+
     sims = torch.nn.functional.normalize(vectors.float(), dim=1) @ torch.nn.functional.normalize(table.float(), dim=1).T
     lines = []
     for i, row in enumerate(sims):

@@ -16,21 +16,31 @@ import re
 import zipfile
 from pathlib import Path
 
-import torch
+import numpy as np
+
+from tiforge.embeddings.arrays import to_torch
 
 # The entries the oldest A1111 check allows; a subset of what the newest allows.
 PLAIN_ENTRY = re.compile(r"^[^/]+/(data\.pkl|version|data/\d+)$")
 
 
-def plain_tensor(t: torch.Tensor) -> torch.Tensor:
-    """A tensor that pickles with only `_rebuild_tensor_v2` and a storage class: no Parameter, no
-    subclass, no hooks, storage exactly the tensor's (a view would save its whole base)."""
-    return t.detach().clone().contiguous().as_subclass(torch.Tensor)
+def _as_plain_tensors(value):
+    """numpy arrays as tensors that pickle with only `_rebuild_tensor_v2` and a storage class: no
+    Parameter, no subclass, no hooks, storage exactly the tensor's (a view would save its whole base)."""
+    if isinstance(value, np.ndarray):
+        return to_torch(value)  # a fresh, plain tensor over its own copy of the array
+    if isinstance(value, dict):
+        return {k: _as_plain_tensors(v) for k, v in value.items()}
+    return value
 
 
 def save_plain_torch_zip(obj, path: str | Path) -> None:
+    """`obj`: a layout dict whose numpy arrays are written as plain torch tensors. Imports torch:
+    the pickled containers are the one kind of file that needs it."""
+    import torch
+
     raw = io.BytesIO()
-    torch.save(obj, raw)
+    torch.save(_as_plain_tensors(obj), raw)
     with zipfile.ZipFile(io.BytesIO(raw.getvalue())) as src, \
             zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as dst:
         for info in src.infolist():

@@ -8,7 +8,6 @@ import os
 import sys
 from importlib import resources
 
-from tiforge.config.loading import dump_config, load_config
 from tiforge.frontends.console_output import PlainProgress, configure_output, plain_progress_wanted
 
 
@@ -51,6 +50,8 @@ def _cmd_train(args) -> int:
         print(report(config))
         return 0
     if args.print_config:
+        from tiforge.config.loading import dump_config
+
         print(dump_config(config), end="")
         return 0
     from tiforge.training.events import on_steps
@@ -77,6 +78,9 @@ def _cmd_config(args) -> int:
         print(_example_config(), end="")
         return 0
     if args.check:
+        # imported here: pydantic and the config schema take 0.3-0.5 s, which convert and inspect need not pay
+        from tiforge.config.loading import dump_config, load_config
+
         config = load_config(args.check, args.set)
         print(f"{args.check}: OK")
         if args.verbose:
@@ -147,20 +151,33 @@ def _cmd_generate(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tiforge", description="Textual Inversion training for Stable Diffusion.")
-    parser.add_argument("--version", action="version", version=f"tiforge {__import__('tiforge').__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """Also takes a function as `epilog`, called only when the help is shown: train's flag list
+    needs the config schema (pydantic, about 0.4 s), which convert and inspect need not load."""
 
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+def _train_epilog() -> str:
     from tiforge.config.flags import known_flag_names
     from tiforge.config.flag_help import grouped_flag_help
 
+    return ("Every config field is also a flag, and so are the flags of the diffusers example, invokeai-ti and "
+            "kohya-ss;\nflags take a value (--max_train_steps 3000 or --max_train_steps=3000); yes/no ones may "
+            "stand alone.\n" + grouped_flag_help(known_flag_names()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tiforge", description="Textual Inversion training for Stable Diffusion.")
+    parser.add_argument("--version", action="version", version=f"tiforge {__import__('tiforge').__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
     p = sub.add_parser(
         "train", help="train an embedding from a YAML config and/or flags",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Every config field is also a flag, and so are the flags of the diffusers example, invokeai-ti and "
-               "kohya-ss;\nflags take a value (--max_train_steps 3000 or --max_train_steps=3000); yes/no ones may "
-               "stand alone.\n" + grouped_flag_help(known_flag_names()),
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_train_epilog,
     )
     # The optional YAML path right after `train` is taken off in main(): argparse would mistake
     # the values of other tools' flags for it.

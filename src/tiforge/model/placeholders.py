@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from tiforge.embeddings.files import SDXL_KEYS, EmbeddingFileError, load_embedding
+from tiforge.model.widths import family_of_width
 
 
 class TokenError(ValueError):
@@ -112,10 +113,6 @@ def initial_vectors(
         check_width(vectors.shape[1], dim, f"{initial_embedding_file}{f' [{part}]' if part in SDXL_KEYS else ''}")
         return vectors.float().clone()
     raise TokenError("no initializer given: set initializer_token, initial_phrase or initial_embedding_file")
-
-
-def family_of_width(width: int) -> str:
-    return {768: "SD 1.x (or SDXL clip_l)", 1024: "SD 2.x", 1280: "SDXL clip_g"}.get(width, "an unknown model family")
 
 
 def check_width(file_width: int, model_width: int, name: str) -> None:
