@@ -114,3 +114,8 @@ _FIELD_NAMES_OF_KOHYA = {"output_name", "save_model_as"}
 
 def recognises(names: set[str]) -> bool:
     return bool(names & (set(FLAGS) | _FIELD_NAMES_OF_KOHYA))
+
+
+from tiforge.config.peer_flags.kohya_optimizer_flags import OPTIMIZER_FLAGS  # noqa: E402  (issue 18b)
+
+FLAGS.update(OPTIMIZER_FLAGS)
