@@ -65,7 +65,8 @@ def parse_key_values(items: list[str], flag: str) -> dict[str, Any]:
 
 
 class _OptimizerArgs(StrictModel):
-    optimizer_args: dict[str, Any] = Field(default_factory=dict)
+    # None rather than {}: a checkpoint written before this field existed still resumes (its config lacks it)
+    optimizer_args: dict[str, Any] | None = None
     """Further keyword arguments of the optimizer's class (kohya's --optimizer_args); they win over
     the named fields."""
 

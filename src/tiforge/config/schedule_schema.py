@@ -64,7 +64,7 @@ def schedule_problems(config) -> list[str]:
     warmup = config.lr_warmup_steps
     if warmup >= 1 and warmup != int(warmup):
         problems.append(f"lr_warmup_steps: {warmup} is neither a whole number of steps nor a fraction below 1")
-    name, args = config.lr_scheduler, config.lr_scheduler_args
+    name, args = config.lr_scheduler, config.lr_scheduler_args or {}
     chosen = [n for n, on in (("lr_scheduler", "lr_scheduler" in config.model_fields_set and name != "constant"),
                               ("lr_scheduler_type", config.lr_scheduler_type is not None),
                               ("lr_step_schedule", config.lr_step_schedule is not None)) if on]

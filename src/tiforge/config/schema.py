@@ -7,7 +7,7 @@ once with the field path at fault.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -78,7 +78,7 @@ class SdTextualInversionConfig(StrictModel):
     """Warm-up steps, or (below 1, as kohya reads it) a fraction of the training steps."""
     lr_num_cycles: int = Field(1, ge=1)
     lr_power: float = 1.0
-    lr_scheduler_args: dict[str, Any] = Field(default_factory=dict)
+    lr_scheduler_args: dict[str, Any] | None = None
     """Further keyword arguments of the schedule (kohya's --lr_scheduler_args), e.g. step_rules of
     piecewise_constant or min_lr of cosine_with_min_lr."""
     lr_scheduler_min_lr_ratio: float | None = Field(None, ge=0, le=1)

@@ -52,7 +52,7 @@ def _by_class(config: TrainingConfig, optimizer):
     except (ImportError, AttributeError) as err:
         raise ConfigError(f"lr_scheduler_type: cannot import {path}: {err}") from None
     try:
-        return cls(optimizer, **config.lr_scheduler_args)
+        return cls(optimizer, **(config.lr_scheduler_args or {}))
     except TypeError as err:
         raise ConfigError(f"lr_scheduler_type: {path} refused lr_scheduler_args {config.lr_scheduler_args}: "
                           f"{err}") from None
@@ -61,7 +61,7 @@ def _by_class(config: TrainingConfig, optimizer):
 def build_lr_scheduler(config: TrainingConfig, optimizer, max_steps: int, num_processes: int):
     """`num_processes`: accelerate steps a prepared scheduler once per process per update, so step
     counts are given in those steps."""
-    name, args = config.lr_scheduler, dict(config.lr_scheduler_args)
+    name, args = config.lr_scheduler, dict(config.lr_scheduler_args or {})
     warmup, total = warmup_steps(config, max_steps) * num_processes, max_steps * num_processes
     if is_schedule_free(optimizer):
         if name != "constant" or config.lr_step_schedule or config.lr_scheduler_type:

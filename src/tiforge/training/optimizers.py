@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from tiforge.config.optimizer_schema import KOHYA_OPTIMIZERS, is_adaptive
+from tiforge.config.optimizer_schema import is_adaptive
 from tiforge.config.schema import ConfigError, TrainingConfig
 
 log = logging.getLogger("tiforge")
@@ -93,7 +93,7 @@ def resolve_optimizer(config: TrainingConfig, lr: float) -> ResolvedOptimizer:
     """Which class, with which arguments. Importing it here makes a missing package a named error
     before any model is loaded."""
     name, notes = config.optimizer.optimizer_type, []
-    kwargs = {**_named_kwargs(config), **config.optimizer.optimizer_args}
+    kwargs = {**_named_kwargs(config), **(config.optimizer.optimizer_args or {})}
     used = name
     if name in _EIGHT_BIT:
         used, (module, cls_name) = _eight_bit(name, notes)
@@ -208,7 +208,3 @@ def with_averaged_weights(method):
 
     return wrapper
 
-
-def package_of(optimizer_type: str) -> str | None:
-    """The pip package an optimizer name needs (None: always installed)."""
-    return KOHYA_OPTIMIZERS.get(optimizer_type)
