@@ -176,6 +176,16 @@ def test_schedule_free_takes_the_warmup_and_ignores_schedules(caplog):
     assert "needs no learning-rate schedule" in caplog.text
 
 
+def test_schedule_free_checkpoints_hold_the_average(tiny_sd1, image_dir, tmp_path):
+    cfg = base_config(tiny_sd1, image_dir, tmp_path / "out", max_train_steps=3, save_every_n_steps=2,
+                      optimizer={"optimizer_type": "AdamWScheduleFree"})
+    result = train(config_from_dict(cfg), progress=False)
+    state = torch.load(result.checkpoint_dirs[0] / "training_state.pt", weights_only=False)
+    assert state["optimizer"]["param_groups"][0]["train_mode"] is False  # saved in eval mode: the average
+    saved = load_embedding(next(result.checkpoint_dirs[0].glob("*.safetensors"))).single
+    assert torch.equal(saved, next(iter(state["vectors"].values())).to(saved.dtype))
+
+
 # ------------------------------------------------------------------------------------ schedules
 
 
