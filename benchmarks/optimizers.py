@@ -24,17 +24,17 @@ from tiforge.training.recipe import train
 CONCEPT, TOKEN, PROMPT = "purple-star", "<purple-star>", "a <purple-star>"
 CHECKPOINTS = (60, 120, 200)
 # (label, optimizer section); the learning rates are each optimizer's usual range for embeddings
-RUNS = [
+RUNS = [  # one run per optimizer first, then other learning rates
     ("AdamW lr 1e-2", {"optimizer_type": "AdamW", "learning_rate": 1e-2}),
-    ("AdamW lr 5e-3", {"optimizer_type": "AdamW", "learning_rate": 5e-3}),
     ("Lion lr 1e-3", {"optimizer_type": "Lion", "learning_rate": 1e-3}),
-    ("Lion lr 3e-3", {"optimizer_type": "Lion", "learning_rate": 3e-3}),
     ("Prodigy lr 1.0", {"optimizer_type": "Prodigy", "learning_rate": 1.0}),
     ("AdaFactor (own rate)", {"optimizer_type": "AdaFactor"}),
+    ("AdamWScheduleFree lr 1e-2", {"optimizer_type": "AdamWScheduleFree", "learning_rate": 1e-2}),
+    ("Lion lr 3e-3", {"optimizer_type": "Lion", "learning_rate": 3e-3}),
+    ("AdamWScheduleFree lr 3e-2", {"optimizer_type": "AdamWScheduleFree", "learning_rate": 3e-2}),
     ("AdaFactor lr 1e-2 fixed", {"optimizer_type": "AdaFactor", "learning_rate": 1e-2,
                                  "optimizer_args": {"relative_step": False, "scale_parameter": False}}),
-    ("AdamWScheduleFree lr 1e-2", {"optimizer_type": "AdamWScheduleFree", "learning_rate": 1e-2}),
-    ("AdamWScheduleFree lr 3e-2", {"optimizer_type": "AdamWScheduleFree", "learning_rate": 3e-2}),
+    ("AdamW lr 5e-3", {"optimizer_type": "AdamW", "learning_rate": 5e-3}),
 ]
 
 

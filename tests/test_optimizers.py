@@ -61,6 +61,25 @@ def test_every_optimizer_name_moves_the_vectors(name, caplog):
             assert "needs bitsandbytes and a CUDA GPU" in caplog.text and "bitsandbytes" not in type(optimizer).__module__
 
 
+def test_eight_bit_optimizers_use_bitsandbytes_on_a_cuda_gpu(monkeypatch):
+    import types
+
+    from tiforge.training.optimizers import resolve_optimizer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    fake = types.ModuleType("bitsandbytes")
+    fake.optim = types.SimpleNamespace(Lion8bit=type("Lion8bit", (), {}), SGD8bit=type("SGD8bit", (), {}))
+    monkeypatch.setitem(sys.modules, "bitsandbytes", fake)
+    monkeypatch.setitem(sys.modules, "bitsandbytes.optim", fake.optim)
+    found = resolve_optimizer(config(optimizer={"optimizer_type": "Lion8bit"}), LR)
+    assert found.cls is fake.optim.Lion8bit and not found.notes
+    sgd = resolve_optimizer(config(optimizer={"optimizer_type": "SGDNesterov8bit"}), LR)
+    assert sgd.cls is fake.optim.SGD8bit and sgd.kwargs == {"momentum": 0.9, "nesterov": True}
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not installed: the 32-bit twin, and what to install
+    found = resolve_optimizer(config(optimizer={"optimizer_type": "AdamW8bit"}), LR)
+    assert found.cls is torch.optim.AdamW and "bitsandbytes is not installed (pip install bitsandbytes)" in found.notes[0]
+
+
 def test_kohya_defaults_per_optimizer():
     assert config(optimizer={"optimizer_type": "DAdaptAdam"}).learning_rate == 1.0  # a multiplier
     _, _, sgd, _ = steps_of(config(optimizer={"optimizer_type": "SGDNesterov"}))
