@@ -278,7 +278,8 @@ def test_piecewise_adafactor_and_class_schedules():
     for overrides, why in [({"lr_scheduler": "adafactor"}, "adafactor only reports the rate"),
                            ({"lr_scheduler": "cosine_with_min_lr"}, "cosine_with_min_lr needs the lowest rate"),
                            ({"lr_scheduler": "piecewise_constant"}, "piecewise_constant needs lr_scheduler_args"),
-                           ({"lr_scheduler_type": "NoSuchLR"}, "'NoSuchLR' is not a class of torch.optim.lr_scheduler")]:
+                           ({"lr_scheduler_type": "NoSuchLR"}, "'NoSuchLR' is not a class of torch.optim.lr_scheduler"),
+                           ({"lr_scheduler_type": "StepLR", "lr_warmup_steps": 5}, "lr_scheduler_type has no warm-up")]:
         with pytest.raises(ConfigError, match=why):
             config(**overrides)
     with pytest.raises(ConfigError, match="lr_scheduler_args: the cosine schedule refused"):

@@ -70,6 +70,9 @@ def schedule_problems(config) -> list[str]:
                               ("lr_step_schedule", config.lr_step_schedule is not None)) if on]
     if len(chosen) > 1:
         problems.append(f"{' / '.join(chosen)}: each sets the schedule; set only one")
+    no_warmup = [n for n in ("lr_scheduler_type", "lr_step_schedule") if getattr(config, n) is not None]
+    if no_warmup and warmup:
+        problems.append(f"lr_warmup_steps: {no_warmup[0]} has no warm-up (as in kohya); set lr_warmup_steps to 0")
     if config.lr_step_schedule is not None:
         try:
             parse_step_schedule(config.lr_step_schedule)
