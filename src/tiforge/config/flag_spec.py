@@ -13,7 +13,7 @@ Overrides = dict[str, Any]  # dotted config path -> value
 @dataclass(frozen=True)
 class Flag:
     path: str | None  # dotted config path; None when `apply` does the work
-    kind: str = "value"  # "value", "bool" (a bare flag means true), "list" (repeatable)
+    kind: str = "value"  # "value", "bool" (a bare flag means true), "list" (repeatable), "multi" (values up to the next flag)
     apply: Callable[[Any, Overrides], None] | None = None
     note: str | None = None  # said once when the flag is used
     help: str = ""  # one line in `tiforge train --help`

@@ -13,6 +13,7 @@ from typing import Any, get_args, get_origin
 
 from tiforge.config.schema import (AdamWOptimizerConfig, ConfigError, SdxlTextualInversionConfig,
                                    WEIGHT_DTYPE_OF_MIXED_PRECISION)
+from tiforge.config.optimizer_schema import NamedOptimizerConfig, ProdigyOptimizerConfig
 from tiforge.config.data_schema import ImageCaptionDirDatasetConfig, TextualInversionSDDataLoaderConfig
 from tiforge.config.flag_spec import Flag, Overrides
 from tiforge.config.flag_suggestions import unknown_flag_message
@@ -35,6 +36,8 @@ def _field_flags() -> dict[str, Flag]:
         ("", SdxlTextualInversionConfig, {"data_loader", "optimizer"}),
         ("data_loader.", TextualInversionSDDataLoaderConfig, {"dataset", "type", "aspect_ratio_buckets"}),
         ("optimizer.", AdamWOptimizerConfig, set()),
+        ("optimizer.", ProdigyOptimizerConfig, set()),
+        ("optimizer.", NamedOptimizerConfig, set()),
         ("data_loader.dataset.", ImageCaptionDirDatasetConfig, {"type"}),
     ]
     for prefix, model, skip in models:
@@ -117,7 +120,11 @@ def flags_to_overrides(argv: list[str]) -> Overrides:
         if flag is None:
             problems.append(unknown_flag_message(name, known_flag_names()))
             continue
-        if not has_value:
+        if flag.kind == "multi":  # kohya's nargs="*": every value up to the next flag
+            value = [value] if has_value else []
+            while i < len(argv) and not argv[i].startswith("--"):
+                value, i = [*value, argv[i]], i + 1
+        elif not has_value:
             if flag.kind == "bool" and (i >= len(argv) or argv[i].startswith("--")):
                 value = "true"
             elif i < len(argv):

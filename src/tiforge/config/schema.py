@@ -7,13 +7,14 @@ once with the field path at fault.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
 from tiforge.config.data_schema import StrictModel, TextualInversionSDDataLoaderConfig
+from tiforge.config.optimizer_schema import (MAX_LEARNING_RATE, AdamWOptimizerConfig, NamedOptimizerConfig,  # noqa: F401
+                                             OptimizerConfig, ProdigyOptimizerConfig, canonical_optimizer_name)
 
-LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
 SampleSampler = Literal["ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver",
                         "dpmsolver++", "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a"]
 ReportTo = Literal[
@@ -32,32 +33,13 @@ class ConfigError(ValueError):
 
 
 # ------------------------------------------------------------------------------------ optimizer
+# (the optimizer configs live in config.optimizer_schema; the schedule's fields are below)
 
-
-# Far above any useful rate (textual inversion uses about 1e-4..1e-1, Prodigy about 1); beyond it an
-# update step overflows float32 and training cannot even take its first step.
-MAX_LEARNING_RATE = 1e3
-
-
-class AdamWOptimizerConfig(StrictModel):
-    # AdamW8bit (kohya's name) uses bitsandbytes on a CUDA GPU, and plain AdamW elsewhere.
-    optimizer_type: Literal["AdamW", "AdamW8bit"] = "AdamW"
-    learning_rate: float = Field(1e-3, gt=0, le=MAX_LEARNING_RATE)
-    weight_decay: float = Field(1e-2, ge=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.999, ge=0, lt=1)
-    epsilon: float = Field(1e-8, gt=0)
-
-
-class ProdigyOptimizerConfig(StrictModel):
-    optimizer_type: Literal["Prodigy"]
-    learning_rate: float = Field(1.0, gt=0, le=MAX_LEARNING_RATE)
-    weight_decay: float = Field(0.0, ge=0)
-    use_bias_correction: bool = False
-    safeguard_warmup: bool = False
-
-
-OptimizerConfig = Annotated[Union[AdamWOptimizerConfig, ProdigyOptimizerConfig], Field(discriminator="optimizer_type")]
+LrScheduler = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    # kohya's and transformers' additions (adafactor: the rate Adafactor chooses, for the log)
+    "piecewise_constant", "cosine_with_min_lr", "adafactor",
+]
 
 
 # --------------------------------------------------------------------------------------- config
@@ -94,9 +76,21 @@ class SdTextualInversionConfig(StrictModel):
     scale_lr: bool = False
     """Multiply the learning rate by processes x batch size x gradient accumulation (diffusers and InvokeAI)."""
     lr_scheduler: LrScheduler = "constant"
-    lr_warmup_steps: int = Field(0, ge=0)
+    lr_warmup_steps: int | float = Field(0, ge=0)
+    """Warm-up steps, or (below 1, as kohya reads it) a fraction of the training steps."""
     lr_num_cycles: int = Field(1, ge=1)
     lr_power: float = 1.0
+    lr_scheduler_args: dict[str, Any] | None = None
+    """Further keyword arguments of the schedule (kohya's --lr_scheduler_args), e.g. step_rules of
+    piecewise_constant or min_lr of cosine_with_min_lr."""
+    lr_scheduler_min_lr_ratio: float | None = Field(None, ge=0, le=1)
+    """cosine_with_min_lr: the lowest rate as a fraction of the learning rate (kohya's flag)."""
+    lr_scheduler_type: str | None = None
+    """A schedule class instead of lr_scheduler: a name in torch.optim.lr_scheduler or module.Class,
+    built with lr_scheduler_args (kohya's flag)."""
+    lr_step_schedule: str | None = None
+    """AUTOMATIC1111's step schedule, "5e-3:100, 1e-3:1000, 1e-5": each rate until that step, the last
+    one to the end. A learning_rate written that way sets it."""
 
     min_snr_gamma: float | None = Field(5.0, gt=0)
     cache_vae_outputs: bool = False
@@ -229,9 +223,27 @@ class SdTextualInversionConfig(StrictModel):
     @field_validator("optimizer", mode="before")
     @classmethod
     def _adamw_by_default(cls, value: Any) -> Any:
-        if isinstance(value, dict) and "optimizer_type" not in value:
-            return {"optimizer_type": "AdamW", **value}
+        if isinstance(value, dict):  # kohya writes its optimizer names in any case
+            return {**value, "optimizer_type": canonical_optimizer_name(str(value.get("optimizer_type", "AdamW")))}
         return value
+
+    @field_validator("lr_warmup_steps", mode="before")
+    @classmethod
+    def _warmup_percent(cls, value: Any) -> Any:
+        # kohya also takes the warm-up fraction as a percentage ("5%")
+        if isinstance(value, str) and value.strip().endswith("%"):
+            try:
+                return float(value.strip()[:-1]) / 100
+            except ValueError:
+                pass
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a1111_rate_schedule(cls, data: Any) -> Any:
+        from tiforge.config.schedule_schema import step_schedule_in_learning_rate
+
+        return step_schedule_in_learning_rate(data)
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -314,6 +326,7 @@ class SdTextualInversionConfig(StrictModel):
         problems += self._run_management_problems()
         problems += self._family_problems()
         problems += self._kohya_conditioning_problems()
+        problems += self._schedule_problems()
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -330,6 +343,11 @@ class SdTextualInversionConfig(StrictModel):
         from tiforge.config.run_management_checks import run_management_problems
 
         return run_management_problems(self)
+
+    def _schedule_problems(self) -> list[str]:
+        from tiforge.config.schedule_schema import schedule_problems
+
+        return schedule_problems(self)
 
     # -- derived values used by the recipe ------------------------------------------------------
 

@@ -43,7 +43,9 @@ from tiforge.training.checkpoints import capture_rng, load_training_state, resto
 from tiforge.training.interrupts import StopRequests, TrainingStopped, resume_command
 from tiforge.training.machine import fit_to_machine
 from tiforge.training.model_setup import DTYPES, prepare_frozen_model, starting_vectors
-from tiforge.training.optimizers import build_lr_scheduler, build_optimizer, scaled_learning_rate
+from tiforge.training.lr_schedules import build_lr_scheduler
+from tiforge.training.optimizers import (build_optimizer, enter_train_mode, resolve_optimizer, scaled_learning_rate,
+                                        with_averaged_weights)
 from tiforge.training.output_layout import diffusers_concept_files, plan_outputs, run_dir_of_checkpoint
 from tiforge.training.precision import fp16_autocast_on_cpu, guarded_update
 from tiforge.training.processes import agreed, check_ranks_agree, make_accelerator, new_run_dir
@@ -120,6 +122,7 @@ class Recipe:
         if config.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        resolve_optimizer(config, config.learning_rate)  # a missing optimizer package, before anything loads
         self._setup_run_folder_and_accelerator()
         self._setup_data_check()
         self._setup_model()
@@ -127,6 +130,7 @@ class Recipe:
         self._setup_dataset()
         self._setup_optimizer()
         self._restore_position()
+        enter_train_mode(self.optimizer)  # schedule-free optimizers (checkpoints hold their averaged mode)
         self._write_run_config()
 
     def _setup_run_folder_and_accelerator(self) -> None:
@@ -413,6 +417,7 @@ class Recipe:
     def current_vectors(self) -> torch.Tensor | dict[str, torch.Tensor]:
         return self.accelerator.unwrap_model(self.text_model).file_vectors()
 
+    @with_averaged_weights
     def save_embedding(self) -> None:
         if self.main:
             path = self.files.embedding(self.current_vectors(), self.global_step)
@@ -433,6 +438,7 @@ class Recipe:
             "config": self.resolved.model_dump(mode="json"),
         }
 
+    @with_averaged_weights
     def save_checkpoint(self, kind: str, index: int) -> Path | None:
         path = None
         if self.main:
@@ -453,10 +459,12 @@ class Recipe:
         if self.main:
             prune_old_saves(self.plan, self.config, kind, index)
 
+    @with_averaged_weights
     def save_snapshot(self, kind: str, index: int) -> None:
         if self.main:
             self.files.snapshot(kind, index, self.current_vectors(), self.global_step)
 
+    @with_averaged_weights
     def validate(self, label: str) -> None:
         if self.main and self.config.validation_prompts:
             out_dir = self.run_dir / "validation" / label

@@ -191,3 +191,8 @@ KNOWN_NAMES = frozenset("""
     v_pred_like_loss vae vae_batch_size wandb_api_key wandb_run_name weighted_captions weights xformers
     zero3_init_flag zero3_save_16bit_model zero_stage zero_terminal_snr
 """.split())
+
+
+from tiforge.config.peer_flags.kohya_optimizer_flags import OPTIMIZER_FLAGS  # noqa: E402  (issue 18b)
+
+FLAGS.update(OPTIMIZER_FLAGS)
