@@ -441,3 +441,58 @@ batch_size = 1
     finally:
         gen.prompt_arguments = real
     assert seen == {"clip_skip": 2, "max_token_length": 225, "shape": (1, 227, 48)}
+
+
+# ------------------------------------------------------------------------ generate: clip skip, windows
+
+
+def test_clip_skip_has_one_check_for_train_and_generate(sd1, caplog):
+    from tiforge.model.clip_skip import checked_clip_skip
+
+    te = sd1.text_encoder  # 2 layers
+    assert checked_clip_skip(2, te, False, "SD 1.x") == 2 and checked_clip_skip(None, te, False, "SD 1.x") is None
+    with pytest.raises(ConfigError, match=r"--clip-skip: 3 is more than the text encoder's 2 layers"):
+        checked_clip_skip(3, te, False, "SD 1.x", "--clip-skip")
+    with pytest.raises(ConfigError, match=r"--clip-skip: 0 is not a clip skip"):
+        checked_clip_skip(0, te, False, "SD 1.x", "--clip-skip")
+    with caplog.at_level("WARNING", logger="tiforge"):
+        assert checked_clip_skip(3, te, True, "SDXL", "--clip-skip") is None
+    assert "--clip-skip: SDXL always reads the penultimate layer" in caplog.text
+
+
+def test_generate_refuses_a_clip_skip_past_the_text_encoder(tiny_sd1, tmp_path, capsys):
+    from tiforge.embeddings.files import save_embedding
+
+    emb = save_embedding(tmp_path / "e.safetensors", "<tok>", torch.randn(1, 32))
+    args = ["generate", "--model", str(tiny_sd1), "--embedding", str(emb), "--prompt", "a <tok>", "--steps", "1",
+            "--out", str(tmp_path / "images")]
+    assert main([*args, "--clip-skip", "9"]) == 2
+    assert "--clip-skip: 9 is more than the text encoder's 2 layers" in capsys.readouterr().err
+    assert main([*args, "--clip-skip", "0"]) == 2
+    assert "--clip-skip: 0 is not a clip skip" in capsys.readouterr().err
+    recorded = save_embedding(tmp_path / "r.safetensors", "<tok>", torch.randn(1, 32), {"tiforge.clip_skip": "5"})
+    assert main([*args[:4], str(recorded), *args[5:]]) == 2
+    assert f"clip_skip recorded in {recorded}: 5 is more than" in capsys.readouterr().err
+    assert not (tmp_path / "images").exists()
+
+
+def test_generate_says_how_it_encodes_warns_of_cut_prompts_and_never_overwrites(tiny_sd1, tmp_path, caplog):
+    from tiforge.embeddings.files import save_embedding
+
+    emb = save_embedding(tmp_path / "e.safetensors", "<tok>", torch.randn(1, 32), {"tiforge.clip_skip": "2"})
+    out = tmp_path / "images"
+    args = ["generate", "--model", str(tiny_sd1), "--embedding", str(emb), "--steps", "1", "--width", "32",
+            "--height", "32", "--out", str(out)]
+    with caplog.at_level("INFO", logger="tiforge"):
+        assert main([*args, "--prompt", "a <tok> " + words(98)]) == 0
+    assert f"clip_skip 2: as {emb} was trained" in caplog.text
+    assert ("the prompt is 100 tokens (triggers expanded to their vectors' tokens) and the window holds 75: its last "
+            "25 tokens are cut off; --max-token-length 150 would fit it") in caplog.text
+    first = (out / "0_000.png").read_bytes()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tiforge"):
+        assert main([*args, "--prompt", "a <tok>", "--seed", "0", "--clip-skip", "1"]) == 0
+    assert "cut off" not in caplog.text and "clip_skip 2" not in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == ["0_000-1.png", "0_000.png"]
+    assert (out / "0_000.png").read_bytes() == first
+    assert "0_000.png exists; wrote 0_000-1.png (generate never overwrites)" in caplog.text

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from tiforge.config.schema import ConfigError, TrainingConfig
+from tiforge.model.clip_skip import checked_clip_skip
 from tiforge.model.family import check_v2
 from tiforge.model.noise import rescale_zero_terminal_snr
 
@@ -33,20 +34,7 @@ def check_conditioning_options(parts, config: TrainingConfig, prediction_type: s
     if config.scale_v_pred_loss_like_noise_pred and prediction_type != "v_prediction":
         raise ConfigError("scale_v_pred_loss_like_noise_pred: only applies to v-prediction training, and this run "
                           f"trains {prediction_type}; add --v_parameterization or remove the option")
-    if config.clip_skip is not None:
-        layers = parts.text_encoder.config.num_hidden_layers
-        if parts.is_sdxl:
-            log.warning("clip_skip: SDXL always reads the penultimate layer of both text encoders; clip_skip "
-                        "is ignored (as kohya does)")
-        elif config.clip_skip > layers:
-            raise ConfigError(f"clip_skip: {config.clip_skip} is more than the text encoder's {layers} layers")
-        elif config.clip_skip > 1:
-            log.info("clip_skip %d: conditioning on hidden state %d from the end, through the final layer norm",
-                     config.clip_skip, config.clip_skip)
-            if parts.family == "SD 2.x":
-                log.warning("clip_skip %d on SD 2.x: its text encoder already ends at OpenCLIP's penultimate layer, "
-                            "so this skips %d more (kohya warns the same); SD 2.x is usually trained without it",
-                            config.clip_skip, config.clip_skip - 1)
+    checked_clip_skip(config.clip_skip, parts.text_encoder, parts.is_sdxl, parts.family)
     if config.max_token_length not in (None, 75):
         log.info("max_token_length %d: captions are encoded in %d windows of 75 tokens", config.max_token_length,
                  config.max_token_length // 75)
