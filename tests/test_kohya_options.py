@@ -496,3 +496,40 @@ def test_generate_says_how_it_encodes_warns_of_cut_prompts_and_never_overwrites(
     assert sorted(p.name for p in out.iterdir()) == ["0_000-1.png", "0_000.png"]
     assert (out / "0_000.png").read_bytes() == first
     assert "0_000.png exists; wrote 0_000-1.png (generate never overwrites)" in caplog.text
+
+
+# ------------------------------------------------------------------- options that do nothing: one warning
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"huber_c": 0.2, "huber_schedule": "constant"}, "huber_c / huber_schedule: only used by loss_type huber or "
+                                                     "smooth_l1, and this run's loss_type is l2; ignored"),
+    ({"loss_type": "l1", "huber_scale": 2.0}, "huber_scale: only used by loss_type huber or smooth_l1"),
+    ({"loss_type": "huber", "huber_scale": 2.0}, "huber_scale: only scales the constant and exponential"),
+    ({"multires_noise_discount": 0.5}, "multires_noise_discount: only used with multires_noise_iterations"),
+    ({"noise_offset_random_strength": True}, "noise_offset_random_strength: draws the strength of noise_offset"),
+    ({"ip_noise_gamma_random_strength": True}, "ip_noise_gamma_random_strength: draws the strength of ip_noise_gamma"),
+])
+def test_options_without_effect_get_one_warning_at_the_start(sd1, caplog, options, expected):
+    from tiforge.config.schema import SdTextualInversionConfig
+    from tiforge.training.conditioning_setup import check_conditioning_options
+
+    parts = SimpleNamespace(is_sdxl=False, family="SD 1.x", text_encoder=sd1.text_encoder)
+    with caplog.at_level("WARNING", logger="tiforge"):
+        check_conditioning_options(parts, SdTextualInversionConfig.model_construct(model="m", **options), "epsilon")
+    assert [r.message for r in caplog.records].count(next(r.message for r in caplog.records)) == 1
+    assert expected in caplog.text
+    caplog.clear()
+    used = {"huber_c": 0.2, "loss_type": "huber", "huber_schedule": "constant", "huber_scale": 2.0,
+            "multires_noise_iterations": 3, "multires_noise_discount": 0.5, "noise_offset": 0.05,
+            "noise_offset_random_strength": True, "ip_noise_gamma": 0.1, "ip_noise_gamma_random_strength": True}
+    with caplog.at_level("WARNING", logger="tiforge"):
+        check_conditioning_options(parts, SdTextualInversionConfig.model_construct(model="m", **used), "epsilon")
+    assert caplog.text == ""
+
+
+def test_random_strength_without_its_base_is_accepted_as_kohya_accepts_it(tiny_sd1, image_dir, tmp_path):
+    line = ["--pretrained_model_name_or_path", str(tiny_sd1), "--train_data_dir", str(image_dir),
+            "--token_string", "tok", "--init_word", "cute", "--output_dir", str(tmp_path), "--max_train_steps", "1"]
+    assert main(["train", *line, "--noise_offset_random_strength", "--ip_noise_gamma_random_strength",
+                 "--print-config"]) == 0

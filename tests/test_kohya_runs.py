@@ -237,7 +237,7 @@ def test_vae_lowram_and_persistent_workers_are_accepted(tiny_sd1, image_dir, tmp
     assert "--persistent_data_loader_workers: tiforge's data-loader workers always live" in caplog.text
 
 
-def test_vae_model_replaces_the_vae_of_an_sd_model(tiny_sd1, tmp_path):
+def test_vae_model_replaces_the_vae_of_an_sd_model(tiny_sd1, tmp_path, caplog):
     from diffusers import AutoencoderKL
     from safetensors.torch import save_file
 
@@ -251,8 +251,10 @@ def test_vae_model_replaces_the_vae_of_an_sd_model(tiny_sd1, tmp_path):
     # the original (LDM) key names, as in vae-ft-mse-840000-ema-pruned.safetensors or a whole checkpoint
     save_file({k: v.contiguous() for k, v in _ldm_vae_keys(other.state_dict(), 2).items()}, tmp_path / "ldm.safetensors")
     for source in ("vae-folder", "vae.safetensors", "ldm.safetensors"):  # a folder, or kohya's single file
-        parts = load_sd_components(str(tiny_sd1), None, vae_model=str(tmp_path / source), progress=False)
+        with caplog.at_level("INFO", logger="tiforge"):
+            parts = load_sd_components(str(tiny_sd1), None, vae_model=str(tmp_path / source), progress=False)
         assert not parts.is_sdxl, source
+        assert f"using the VAE from {tmp_path / source} (vae_model)" in caplog.text
         for name, value in other.state_dict().items():
             assert torch.equal(parts.vae.state_dict()[name], value), (source, name)
 

@@ -21,8 +21,6 @@ def conditioning_problems(config) -> list[str]:
             and config.min_timestep > config.max_timestep:
         problems.append(f"min_timestep / max_timestep: {config.min_timestep} is above {config.max_timestep}; "
                         "the lowest timestep must not exceed the highest")
-    if config.noise_offset_random_strength and config.noise_offset is None:
-        problems.append("noise_offset_random_strength: needs noise_offset (its largest strength)")
-    if config.ip_noise_gamma_random_strength and config.ip_noise_gamma is None:
-        problems.append("ip_noise_gamma_random_strength: needs ip_noise_gamma (its largest strength)")
+    # noise_offset_random_strength / ip_noise_gamma_random_strength without their strength do nothing, as
+    # in kohya: a warning at the start (`config.ignored_options`), not a refusal
     return problems

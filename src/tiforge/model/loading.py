@@ -204,6 +204,7 @@ def load_sd_components(model: str, hf_variant: str | None = None, single_file_co
         if vae_model is not None:
             bar.set_postfix_str("vae_model")
             parts.vae = load_vae(vae_model, hf_variant, like=parts.vae)
+            log.info("using the VAE from %s (vae_model) instead of the model's own", vae_model)
         bar.n = total
         bar.set_postfix_str("")
         bar.refresh()

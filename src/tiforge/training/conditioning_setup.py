@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from tiforge.config.ignored_options import warn_ignored_options
 from tiforge.config.schema import ConfigError, TrainingConfig
 from tiforge.model.clip_skip import checked_clip_skip
 from tiforge.model.family import check_v2
@@ -35,6 +36,7 @@ def check_conditioning_options(parts, config: TrainingConfig, prediction_type: s
         raise ConfigError("scale_v_pred_loss_like_noise_pred: only applies to v-prediction training, and this run "
                           f"trains {prediction_type}; add --v_parameterization or remove the option")
     checked_clip_skip(config.clip_skip, parts.text_encoder, parts.is_sdxl, parts.family)
+    warn_ignored_options(config)
     if config.max_token_length not in (None, 75):
         log.info("max_token_length %d: captions are encoded in %d windows of 75 tokens", config.max_token_length,
                  config.max_token_length // 75)
