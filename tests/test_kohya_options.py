@@ -197,8 +197,20 @@ def test_the_caption_length_check_uses_the_configured_window():
     far = tok.encode("<far>", add_special_tokens=False)  # not a placeholder, just ids to look for
     record = SimpleNamespace(caption=words(90) + " <far>", name="img.png")
     dataset = SimpleNamespace(record_of=[0], records=[record], seed=0, captioner=lambda c, rng, r: c)
-    with pytest.raises(DatasetError, match="longer than 77 tokens"):
+    with pytest.raises(DatasetError, match="longer than 77 tokens") as refused:
         check_caption_lengths(dataset, tok, far)
+    assert (f"or encode longer captions with max_token_length: 150 or 225 (kohya's --max_token_length); its longest "
+            f"caption needs {90 + len(far)} tokens: max_token_length: 150 fits it") in str(refused.value)
+    longer = SimpleNamespace(**{**vars(dataset), "records": [SimpleNamespace(caption=words(160) + " <far>", name="b")]})
+    with pytest.raises(DatasetError, match=r"max_token_length: 225 \(kohya's --max_token_length\); its longest "
+                                           rf"caption needs {160 + len(far)} tokens: max_token_length: 225 fits it"):
+        check_caption_lengths(longer, tok, far, token_window(150))
+    longer.records[0].caption = words(230) + " <far>"
+    with pytest.raises(DatasetError, match="more than even max_token_length: 225 holds"):
+        check_caption_lengths(longer, tok, far)
+    with pytest.raises(DatasetError) as refused:
+        check_caption_lengths(longer, tok, far, token_window(225))
+    assert "max_token_length" not in str(refused.value)
     assert token_window(150) == 152
     check_caption_lengths(dataset, tok, far, token_window(150))
     # and `tiforge dataset check` shows the whole caption against the wider window

@@ -26,7 +26,7 @@ def check_caption_lengths(dataset, tokenizer, placeholder_ids, window: int = MAX
     from tiforge.data.dataset import item_rng
 
     ids = set(placeholder_ids)
-    long, cut = [], []
+    long, cut, needed = [], [], 0
     first_index: dict[int, int] = {}
     for index, r in enumerate(dataset.record_of):
         first_index.setdefault(r, index)
@@ -40,15 +40,29 @@ def check_caption_lengths(dataset, tokenizer, placeholder_ids, window: int = MAX
         kept = set(tokens[: window - 1])  # the last place holds the end token
         if not ids <= kept and ids & set(tokens):
             cut.append(record.name)
+            needed = max(needed, len(tokens) - 2)
     if cut:
         raise DatasetError(
             f"{len(cut)} caption(s) are longer than {window} tokens and the cut removes the placeholder, so those "
             f"pictures would train nothing: {', '.join(cut[:10])}{' ...' if len(cut) > 10 else ''}. Shorten them or "
-            "move the placeholder to the front (`tiforge dataset check` shows each caption's tokens)"
+            f"move the placeholder to the front{_wider_window_hint(needed, window)} (`tiforge dataset check` shows "
+            "each caption's tokens)"
         )
     if long:
         log.warning("%d caption(s) are longer than %d tokens; their ends are cut off in training: %s%s",
                     len(long), window, ", ".join(long[:10]), " ..." if len(long) > 10 else "")
+
+
+def _wider_window_hint(needed: int, window: int) -> str:
+    """kohya's longer windows, where one fits: the longest caption at fault needs `needed` tokens."""
+    fits = [n for n in (150, 225) if n + 2 > window]
+    if not fits:
+        return ""
+    choice = next((n for n in fits if n >= needed), None)
+    wanted = (f"; its longest caption needs {needed} tokens: max_token_length: {choice} fits it" if choice
+              else f"; its longest caption needs {needed} tokens, more than even max_token_length: 225 holds")
+    return (f", or encode longer captions with max_token_length: {' or '.join(map(str, fits))} (kohya's "
+            f"--max_token_length){wanted}")
 
 
 def warn_vector_count(config, num_vectors: int) -> None:
