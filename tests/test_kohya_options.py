@@ -199,11 +199,11 @@ def test_the_caption_length_check_uses_the_configured_window():
     dataset = SimpleNamespace(record_of=[0], records=[record], seed=0, captioner=lambda c, rng, r: c)
     with pytest.raises(DatasetError, match="longer than 77 tokens") as refused:
         check_caption_lengths(dataset, tok, far)
-    assert (f"or encode longer captions with max_token_length: 150 or 225 (kohya's --max_token_length); its longest "
-            f"caption needs {90 + len(far)} tokens: max_token_length: 150 fits it") in str(refused.value)
+    assert (f"or encode longer captions with max_token_length: 150 or 225 (kohya's --max_token_length); the longest of "
+            f"them needs {90 + len(far)} tokens: max_token_length: 150 fits it") in str(refused.value)
     longer = SimpleNamespace(**{**vars(dataset), "records": [SimpleNamespace(caption=words(160) + " <far>", name="b")]})
-    with pytest.raises(DatasetError, match=r"max_token_length: 225 \(kohya's --max_token_length\); its longest "
-                                           rf"caption needs {160 + len(far)} tokens: max_token_length: 225 fits it"):
+    with pytest.raises(DatasetError, match=r"max_token_length: 225 \(kohya's --max_token_length\); the longest of "
+                                           rf"them needs {160 + len(far)} tokens: max_token_length: 225 fits it"):
         check_caption_lengths(longer, tok, far, token_window(150))
     longer.records[0].caption = words(230) + " <far>"
     with pytest.raises(DatasetError, match="more than even max_token_length: 225 holds"):

@@ -59,8 +59,8 @@ def _wider_window_hint(needed: int, window: int) -> str:
     if not fits:
         return ""
     choice = next((n for n in fits if n >= needed), None)
-    wanted = (f"; its longest caption needs {needed} tokens: max_token_length: {choice} fits it" if choice
-              else f"; its longest caption needs {needed} tokens, more than even max_token_length: 225 holds")
+    wanted = (f"; the longest of them needs {needed} tokens: max_token_length: {choice} fits it" if choice
+              else f"; the longest of them needs {needed} tokens, more than even max_token_length: 225 holds")
     return (f", or encode longer captions with max_token_length: {' or '.join(map(str, fits))} (kohya's "
             f"--max_token_length){wanted}")
 
