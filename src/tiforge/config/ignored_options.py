@@ -10,8 +10,9 @@ log = logging.getLogger("tiforge")
 
 
 def _is_set(config, field: str) -> bool:
-    """Given explicitly (YAML, --set, a flag), or differing from the field's default."""
-    return field in config.model_fields_set or getattr(config, field) != type(config).model_fields[field].default
+    """Differing from the field's default. Not "given explicitly": `--print-config` and the run folder's
+    config.yaml write every field, and a config made from them would warn about defaults it never chose."""
+    return getattr(config, field) != type(config).model_fields[field].default
 
 
 def ignored_options(config) -> list[str]:
