@@ -21,7 +21,7 @@ def ignored_options(config) -> list[str]:
     huber = [f for f in ("huber_c", "huber_schedule", "huber_scale") if _is_set(config, f)]
     if huber and config.loss_type in ("l2", "l1"):
         out.append(f"{' / '.join(huber)}: only used by loss_type huber or smooth_l1, and this run's loss_type is "
-                   f"{config.loss_type}; ignored (add --loss_type huber to use them)")
+                   f"{config.loss_type}; ignored (add --loss_type huber to use {'it' if len(huber) == 1 else 'them'})")
     elif "huber_scale" in huber and config.huber_schedule == "snr":
         out.append("huber_scale: only scales the constant and exponential huber_schedule, and this run's is snr; "
                    "ignored")
