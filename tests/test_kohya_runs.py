@@ -119,11 +119,11 @@ def test_save_state_retention_state_on_train_end_and_resume(tiny_sd1, tmp_path, 
     data = make_images(tmp_path / "img", n=2, captions=["mychar4 smiling"])
     out = tmp_path / "out"
     line = kohya_line(tiny_sd1, data, out, "--max_train_steps=5 --save_every_n_steps=1 --save_state "
-                                          "--save_last_n_steps=2 --save_last_n_steps_state=1 --save_state_on_train_end")
+                                          "--save_last_n_steps=2 --save_last_n_steps_state=1")
     assert main(["train", *line, "-q"]) == 0
     names = sorted(p.name for p in out.iterdir())
     # steps 1..4 saved (the 5th is the final embedding); at step 4 kohya keeps the saves of steps 4-2.. for the
-    # embeddings and 4-1.. for the states; and the end state
+    # embeddings and 4-1.. for the states; and the end state, which kohya writes with --save_state alone
     assert [n for n in names if n.startswith("mychar-step") and n.endswith(".safetensors")] == [
         "mychar-step00000002.safetensors", "mychar-step00000003.safetensors", "mychar-step00000004.safetensors"]
     assert [n for n in names if n.endswith("-state")] == [
@@ -133,11 +133,12 @@ def test_save_state_retention_state_on_train_end_and_resume(tiny_sd1, tmp_path, 
     assert main(["train", *line, f"--resume={state}", "--max_train_steps=6", "--save_every_n_steps=9", "-q"]) == 0
     assert f"resuming from {state} (step 4)" in (out / "train.log").read_text()
 
-    # without --save_state kohya writes the embeddings only
+    # without --save_state kohya writes the embeddings only (with --save_state_on_train_end: the end state too)
     plain = tmp_path / "plain"
-    assert main(["train", *kohya_line(tiny_sd1, data, plain, "--max_train_steps=2 --save_every_n_steps=1"), "-q"]) == 0
+    assert main(["train", *kohya_line(tiny_sd1, data, plain, "--max_train_steps=2 --save_every_n_steps=1 "
+                                                             "--save_state_on_train_end"), "-q"]) == 0
     assert (plain / "mychar-step00000001.safetensors").is_file()
-    assert not [p for p in plain.iterdir() if p.name.endswith("-state")]
+    assert [p.name for p in plain.iterdir() if p.name.endswith("-state")] == ["mychar-state"]
 
 
 def test_save_last_n_epochs_keeps_the_last_epoch_saves(tmp_path):

@@ -497,7 +497,8 @@ class Recipe:
         config, main = self.config, self.main
         check_ranks_agree(self.accelerator, torch.cat([v.flatten() for v in self.prompt_encoder.vectors().values()]))
         self.save_embedding()
-        if config.save_state_on_train_end:
+        # kohya's script ends with `if save_state or save_state_on_train_end`: its users expect <name>-state/
+        if config.save_state_on_train_end or (self.plan.layout == "kohya" and config.save_state):
             self.save_checkpoint("end", self.global_step)
         if main and self.plan.layout in ("diffusers", "invokeai"):
             for path, text in diffusers_concept_files(self.run_dir, self.placeholders[0].token,
