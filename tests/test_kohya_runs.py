@@ -70,6 +70,7 @@ def test_reg_data_dir_pictures_keep_their_class_captions_and_weigh_prior_loss_we
     assert main(["train", *line, "-q"]) == 0
     assert "regularization: 3 of 3 picture(s), 10 per epoch with repeats (balanced to the 10 training" in caplog.text
     assert "They carry no placeholder, so they send no gradient into the embedding" in caplog.text
+    assert "weighted by prior_loss_weight=0.5;" in caplog.text
 
     # kohya's templates replace every caption, the regularization pictures' too: then they train the placeholder
     caplog.clear()
@@ -223,6 +224,21 @@ def test_sample_pictures_at_first_and_every_n_steps_in_kohyas_layout(tiny_sd1, t
     from PIL import Image
 
     assert Image.open(out / "sample" / names[0]).size == (64, 72)
+
+
+def test_sampling_every_n_epochs_says_that_every_n_steps_is_ignored(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from tiforge.training.sampling import SamplePictures
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("mychar4 portrait\n")
+    caplog.set_level("INFO", logger="tiforge")
+    both = SimpleNamespace(sample_prompts=str(prompts), sample_every_n_epochs=2, sample_every_n_steps=5,
+                           sample_at_first=False)
+    samples = SamplePictures(both, tmp_path, 0)
+    assert "sample_every_n_steps=5 is ignored" in caplog.text
+    assert not samples.at_step(5) and samples.at_epoch(2)
 
 
 # ------------------------------------------------------------------------------- other flags

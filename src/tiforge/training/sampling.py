@@ -31,6 +31,9 @@ class SamplePictures:
         self.config, self.seed = config, seed
         self.out_dir = run_dir / "sample"
         self.prompts = read_sample_prompts(config.sample_prompts) if config.sample_prompts else []
+        if self.prompts and config.sample_every_n_epochs and config.sample_every_n_steps:
+            log.info("sample pictures every %d epoch(s); sample_every_n_steps=%d is ignored (kohya's rule: epochs win)",
+                     config.sample_every_n_epochs, config.sample_every_n_steps)
 
     def at_step(self, step: int) -> bool:
         c = self.config
