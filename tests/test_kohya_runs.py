@@ -191,6 +191,22 @@ def test_a_bad_prompt_line_is_named_before_training(tiny_sd1, image_dir, tmp_pat
     assert f"{bad}:1: unknown option --x" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, message", [
+    ("--d -5", ":2: --d -5: expected a whole number of 0 or more"),
+    ("--s 0", ":2: steps (--s / sample_steps) 0: expected 1 or more"),
+    ("--l nan", ":2: scale (--l / scale) nan: expected a finite number"),
+    ("--l inf", ":2: scale (--l / scale) inf: expected a finite number"),
+])
+def test_prompt_values_no_picture_can_be_made_with_are_refused_with_the_line(tmp_path, option, message):
+    from tiforge.training.sample_prompts import SamplePromptError, read_sample_prompts
+
+    path = tmp_path / "p.txt"
+    path.write_text(f"fine --s 2\nmychar4 {option}\n")
+    with pytest.raises(SamplePromptError) as err:
+        read_sample_prompts(path)
+    assert f"{path}{message}" in str(err.value)
+
+
 def test_every_kohya_sampler_is_a_diffusers_scheduler(tiny_sd1):
     from diffusers import DDPMScheduler
 
