@@ -242,6 +242,42 @@ def test_sample_pictures_at_first_and_every_n_steps_in_kohyas_layout(tiny_sd1, t
     assert Image.open(out / "sample" / names[0]).size == (64, 72)
 
 
+def test_a_stop_while_sampling_is_honoured_within_a_sampler_step(tiny_sd1, image_dir, tmp_path, monkeypatch):
+    """Ctrl-C / SIGTERM (the recipe's stop_event) during the sample pictures: the picture being made is cut
+    short after the step in flight, the others are not started, and the run stops with what it learned."""
+    import threading
+
+    from tiforge.config.loading import config_from_dict
+    from tiforge.training import sampling
+    from tiforge.training.interrupts import TrainingStopped
+    from tiforge.training.recipe import train
+
+    stop, sampler_steps = threading.Event(), []
+    real_make_scheduler = sampling.make_scheduler
+
+    def counting_scheduler(name, base_config):
+        scheduler = real_make_scheduler(name, base_config)
+        real_step = scheduler.step
+
+        def step(*args, **kwargs):
+            sampler_steps.append(1)
+            if len(sampler_steps) == 2:
+                stop.set()  # as the signal handler would, in the middle of the first picture
+            return real_step(*args, **kwargs)
+        scheduler.step = step
+        return scheduler
+    monkeypatch.setattr(sampling, "make_scheduler", counting_scheduler)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a toy --w 64 --h 64 --s 20\nanother toy --w 64 --h 64 --s 20\n")
+    config = config_from_dict(base_config(tiny_sd1, image_dir, tmp_path / "out", sample_prompts=str(prompts),
+                                          sample_at_first=True))
+    with pytest.raises(TrainingStopped):
+        train(config, progress=False, stop_event=stop)
+    assert len(sampler_steps) == 2  # not the 40 steps of both pictures
+    assert not list((tmp_path / "out").glob("*/sample/*.png"))  # the cut-short picture is not written
+    assert list((tmp_path / "out").glob("*/checkpoints/checkpoint-step_00000000"))  # stopped before a training step
+
+
 def test_sampling_every_n_epochs_says_that_every_n_steps_is_ignored(tmp_path, caplog):
     from types import SimpleNamespace
 
