@@ -330,3 +330,13 @@ def test_kohya_defaults_leave_what_the_dataset_toml_sets(tiny_sd1, image_dir, tm
     assert yaml.safe_load(capsys.readouterr().out)["train_batch_size"] == 2
     defaults_line = next(r.getMessage() for r in caplog.records if "the defaults of kohya" in r.getMessage())
     assert "train_batch_size" not in defaults_line and "learning_rate=2e-06" in defaults_line
+
+
+def test_a_refused_or_misspelt_flags_value_is_not_a_second_problem():
+    from tiforge.config.flags import ConfigError, flags_to_overrides
+
+    with pytest.raises(ConfigError) as err:
+        flags_to_overrides(["--logging_dir", "logs", "--lerning_rate", "1e-3", "--seed", "1"])
+    message = str(err.value)
+    assert "--logging_dir: not supported" in message and "--lerning_rate" in message
+    assert "unexpected argument" not in message and "1e-3" not in message

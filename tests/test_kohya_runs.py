@@ -374,3 +374,21 @@ def test_kohyas_old_spelling_caption_extention():
     from tiforge.config.flags import flags_to_overrides
 
     assert flags_to_overrides(["--caption_extention=.txt"])["data_loader.dataset.caption_extension"] == ".txt"
+
+
+def test_resume_with_a_kohya_output_folder_lists_its_state_folders(tmp_path):
+    import json
+
+    from tiforge.training.checkpoints import POSITION_FILE, STATE_FILE, CheckpointError, find_checkpoint
+
+    out = tmp_path / "out"
+    for step, name in ((2, "mychar-000001-state"), (4, "mychar-000002-state")):
+        (out / name).mkdir(parents=True)
+        (out / name / STATE_FILE).write_bytes(b"")
+        (out / name / POSITION_FILE).write_text(json.dumps({"global_step": step}))
+    (out / "mychar.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError) as err:
+        find_checkpoint(str(out), tmp_path / "elsewhere")
+    message = str(err.value)
+    assert "not a checkpoint" in message
+    assert message.index(str(out / "mychar-000002-state")) < message.index(str(out / "mychar-000001-state"))
