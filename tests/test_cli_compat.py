@@ -317,3 +317,26 @@ def test_squash_and_repeats_reach_the_training_data(image_dir):
     expected = np.asarray(load_image(wide.image).resize((32, 32), Image.Resampling.BICUBIC), dtype=np.float32)
     assert (crop.top, crop.left) == (0, 0)
     assert np.allclose(pixels.permute(1, 2, 0).numpy(), expected / 127.5 - 1.0, atol=1e-5)
+
+
+def test_kohya_defaults_leave_what_the_dataset_toml_sets(tiny_sd1, image_dir, tmp_path, capsys, caplog):
+    """kohya's batch size default (1) neither applies nor is named when the dataset .toml gives batch_size."""
+    toml = tmp_path / "reg.toml"
+    toml.write_text(f"[[datasets]]\nbatch_size = 2\nresolution = 32\n  [[datasets.subsets]]\n  image_dir = '{image_dir}'\n")
+    argv = ["--pretrained_model_name_or_path", str(tiny_sd1), "--token_string=<t>", "--init_word=toy",
+            f"--dataset_config={toml}", f"--output_dir={tmp_path / 'k'}"]
+    caplog.set_level("INFO", logger="tiforge")
+    assert main(["train", *argv, "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["train_batch_size"] == 2
+    defaults_line = next(r.getMessage() for r in caplog.records if "the defaults of kohya" in r.getMessage())
+    assert "train_batch_size" not in defaults_line and "learning_rate=2e-06" in defaults_line
+
+
+def test_a_refused_or_misspelt_flags_value_is_not_a_second_problem():
+    from tiforge.config.flags import ConfigError, flags_to_overrides
+
+    with pytest.raises(ConfigError) as err:
+        flags_to_overrides(["--logging_dir", "logs", "--lerning_rate", "1e-3", "--seed", "1"])
+    message = str(err.value)
+    assert "--logging_dir: not supported" in message and "--lerning_rate" in message
+    assert "unexpected argument" not in message and "1e-3" not in message

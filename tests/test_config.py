@@ -67,6 +67,39 @@ def test_example_config_is_valid_and_documented():
     assert cfg.placeholder_token == "<my-concept>"
 
 
+def _field_paths(model, prefix=""):
+    """Every field of a config model, the fields of the models inside it (all variants of a union) too."""
+    import typing
+
+    from pydantic import BaseModel
+
+    def models_in(annotation):
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield annotation
+        for arg in typing.get_args(annotation):
+            yield from models_in(arg)
+
+    for name, info in model.model_fields.items():
+        yield prefix + name
+        for sub in models_in(info.annotation):
+            yield from _field_paths(sub, f"{prefix}{name}.")
+
+
+def test_example_config_shows_every_field_with_a_comment():
+    """`tiforge config --example` is the reference of the YAML fields: each one appears, set or commented out."""
+    import re
+
+    from tiforge.config.schema import SdTextualInversionConfig, SdxlTextualInversionConfig
+
+    text = _example_config()
+    shown = set(re.findall(r"^[ #]*([A-Za-z_0-9]+):", text, re.M))
+    paths = {p for m in (SdTextualInversionConfig, SdxlTextualInversionConfig) for p in _field_paths(m)}
+    assert len(paths) > 130
+    missing = sorted(p for p in paths if p.rsplit(".", 1)[-1] not in shown)
+    assert not missing, f"fields missing from example_config.yaml: {missing}"
+    assert "no effect with squash" in next(line for line in text.splitlines() if line.startswith("  center_crop:"))
+
+
 def test_all_problems_reported_at_once_with_field_paths():
     data = {
         "base_output_dir": "o",

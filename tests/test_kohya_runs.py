@@ -70,6 +70,7 @@ def test_reg_data_dir_pictures_keep_their_class_captions_and_weigh_prior_loss_we
     assert main(["train", *line, "-q"]) == 0
     assert "regularization: 3 of 3 picture(s), 10 per epoch with repeats (balanced to the 10 training" in caplog.text
     assert "They carry no placeholder, so they send no gradient into the embedding" in caplog.text
+    assert "weighted by prior_loss_weight=0.5;" in caplog.text
 
     # kohya's templates replace every caption, the regularization pictures' too: then they train the placeholder
     caplog.clear()
@@ -119,11 +120,11 @@ def test_save_state_retention_state_on_train_end_and_resume(tiny_sd1, tmp_path, 
     data = make_images(tmp_path / "img", n=2, captions=["mychar4 smiling"])
     out = tmp_path / "out"
     line = kohya_line(tiny_sd1, data, out, "--max_train_steps=5 --save_every_n_steps=1 --save_state "
-                                          "--save_last_n_steps=2 --save_last_n_steps_state=1 --save_state_on_train_end")
+                                          "--save_last_n_steps=2 --save_last_n_steps_state=1")
     assert main(["train", *line, "-q"]) == 0
     names = sorted(p.name for p in out.iterdir())
     # steps 1..4 saved (the 5th is the final embedding); at step 4 kohya keeps the saves of steps 4-2.. for the
-    # embeddings and 4-1.. for the states; and the end state
+    # embeddings and 4-1.. for the states; and the end state, which kohya writes with --save_state alone
     assert [n for n in names if n.startswith("mychar-step") and n.endswith(".safetensors")] == [
         "mychar-step00000002.safetensors", "mychar-step00000003.safetensors", "mychar-step00000004.safetensors"]
     assert [n for n in names if n.endswith("-state")] == [
@@ -133,11 +134,12 @@ def test_save_state_retention_state_on_train_end_and_resume(tiny_sd1, tmp_path, 
     assert main(["train", *line, f"--resume={state}", "--max_train_steps=6", "--save_every_n_steps=9", "-q"]) == 0
     assert f"resuming from {state} (step 4)" in (out / "train.log").read_text()
 
-    # without --save_state kohya writes the embeddings only
+    # without --save_state kohya writes the embeddings only (with --save_state_on_train_end: the end state too)
     plain = tmp_path / "plain"
-    assert main(["train", *kohya_line(tiny_sd1, data, plain, "--max_train_steps=2 --save_every_n_steps=1"), "-q"]) == 0
+    assert main(["train", *kohya_line(tiny_sd1, data, plain, "--max_train_steps=2 --save_every_n_steps=1 "
+                                                             "--save_state_on_train_end"), "-q"]) == 0
     assert (plain / "mychar-step00000001.safetensors").is_file()
-    assert not [p for p in plain.iterdir() if p.name.endswith("-state")]
+    assert [p.name for p in plain.iterdir() if p.name.endswith("-state")] == ["mychar-state"]
 
 
 def test_save_last_n_epochs_keeps_the_last_epoch_saves(tmp_path):
@@ -189,6 +191,22 @@ def test_a_bad_prompt_line_is_named_before_training(tiny_sd1, image_dir, tmp_pat
     assert f"{bad}:1: unknown option --x" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, message", [
+    ("--d -5", ":2: --d -5: expected a whole number of 0 or more"),
+    ("--s 0", ":2: steps (--s / sample_steps) 0: expected 1 or more"),
+    ("--l nan", ":2: scale (--l / scale) nan: expected a finite number"),
+    ("--l inf", ":2: scale (--l / scale) inf: expected a finite number"),
+])
+def test_prompt_values_no_picture_can_be_made_with_are_refused_with_the_line(tmp_path, option, message):
+    from tiforge.training.sample_prompts import SamplePromptError, read_sample_prompts
+
+    path = tmp_path / "p.txt"
+    path.write_text(f"fine --s 2\nmychar4 {option}\n")
+    with pytest.raises(SamplePromptError) as err:
+        read_sample_prompts(path)
+    assert f"{path}{message}" in str(err.value)
+
+
 def test_every_kohya_sampler_is_a_diffusers_scheduler(tiny_sd1):
     from diffusers import DDPMScheduler
 
@@ -222,6 +240,57 @@ def test_sample_pictures_at_first_and_every_n_steps_in_kohyas_layout(tiny_sd1, t
     from PIL import Image
 
     assert Image.open(out / "sample" / names[0]).size == (64, 72)
+
+
+def test_a_stop_while_sampling_is_honoured_within_a_sampler_step(tiny_sd1, image_dir, tmp_path, monkeypatch):
+    """Ctrl-C / SIGTERM (the recipe's stop_event) during the sample pictures: the picture being made is cut
+    short after the step in flight, the others are not started, and the run stops with what it learned."""
+    import threading
+
+    from tiforge.config.loading import config_from_dict
+    from tiforge.training import sampling
+    from tiforge.training.interrupts import TrainingStopped
+    from tiforge.training.recipe import train
+
+    stop, sampler_steps = threading.Event(), []
+    real_make_scheduler = sampling.make_scheduler
+
+    def counting_scheduler(name, base_config):
+        scheduler = real_make_scheduler(name, base_config)
+        real_step = scheduler.step
+
+        def step(*args, **kwargs):
+            sampler_steps.append(1)
+            if len(sampler_steps) == 2:
+                stop.set()  # as the signal handler would, in the middle of the first picture
+            return real_step(*args, **kwargs)
+        scheduler.step = step
+        return scheduler
+    monkeypatch.setattr(sampling, "make_scheduler", counting_scheduler)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a toy --w 64 --h 64 --s 20\nanother toy --w 64 --h 64 --s 20\n")
+    config = config_from_dict(base_config(tiny_sd1, image_dir, tmp_path / "out", sample_prompts=str(prompts),
+                                          sample_at_first=True))
+    with pytest.raises(TrainingStopped):
+        train(config, progress=False, stop_event=stop)
+    assert len(sampler_steps) == 2  # not the 40 steps of both pictures
+    assert not list((tmp_path / "out").glob("*/sample/*.png"))  # the cut-short picture is not written
+    assert list((tmp_path / "out").glob("*/checkpoints/checkpoint-step_00000000"))  # stopped before a training step
+
+
+def test_sampling_every_n_epochs_says_that_every_n_steps_is_ignored(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from tiforge.training.sampling import SamplePictures
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("mychar4 portrait\n")
+    caplog.set_level("INFO", logger="tiforge")
+    both = SimpleNamespace(sample_prompts=str(prompts), sample_every_n_epochs=2, sample_every_n_steps=5,
+                           sample_at_first=False)
+    samples = SamplePictures(both, tmp_path, 0)
+    assert "sample_every_n_steps=5 is ignored" in caplog.text
+    assert not samples.at_step(5) and samples.at_epoch(2)
 
 
 # ------------------------------------------------------------------------------- other flags
@@ -307,3 +376,21 @@ def test_kohyas_old_spelling_caption_extention():
     from tiforge.config.flags import flags_to_overrides
 
     assert flags_to_overrides(["--caption_extention=.txt"])["data_loader.dataset.caption_extension"] == ".txt"
+
+
+def test_resume_with_a_kohya_output_folder_lists_its_state_folders(tmp_path):
+    import json
+
+    from tiforge.training.checkpoints import POSITION_FILE, STATE_FILE, CheckpointError, find_checkpoint
+
+    out = tmp_path / "out"
+    for step, name in ((2, "mychar-000001-state"), (4, "mychar-000002-state")):
+        (out / name).mkdir(parents=True)
+        (out / name / STATE_FILE).write_bytes(b"")
+        (out / name / POSITION_FILE).write_text(json.dumps({"global_step": step}))
+    (out / "mychar.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError) as err:
+        find_checkpoint(str(out), tmp_path / "elsewhere")
+    message = str(err.value)
+    assert "not a checkpoint" in message
+    assert message.index(str(out / "mychar-000002-state")) < message.index(str(out / "mychar-000001-state"))

@@ -100,6 +100,8 @@ class TextualInversionSDDataLoaderConfig(StrictModel):
     aspect_ratio_buckets: AspectRatioBucketConfig | None = None
     resolution: int | tuple[int, int] = 512
     center_crop: bool = True
+    """Crop the middle (true) or a random place (false) of each picture scaled to cover the resolution; no
+    effect with squash, which crops nothing."""
     random_flip: bool = False
     shuffle_caption_delimiter: str | None = None
     dataloader_num_workers: int | None = Field(None, ge=0)

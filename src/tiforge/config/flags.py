@@ -119,6 +119,8 @@ def flags_to_overrides(argv: list[str]) -> Overrides:
         flag = ALIASES.get(name) or _FIELDS.get(name)
         if flag is None:
             problems.append(unknown_flag_message(name, known_flag_names()))
+            if not has_value and i < len(argv) and not argv[i].startswith("--"):
+                i += 1  # its value: not a second, bogus "unexpected argument"
             continue
         if flag.kind == "multi":  # kohya's nargs="*": every value up to the next flag
             value = [value] if has_value else []

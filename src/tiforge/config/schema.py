@@ -194,7 +194,8 @@ class SdTextualInversionConfig(StrictModel):
     """Write a resumable checkpoint (the training state) at each save; false: the embedding alone, as kohya
     does without --save_state (stopping early still leaves a checkpoint)."""
     save_state_on_train_end: bool = False
-    """Also write a resumable checkpoint when training ends (kohya's `<name>-state`)."""
+    """Also write a resumable checkpoint when training ends (kohya's `<name>-state`; in the kohya layout
+    save_state writes it too, as kohya does)."""
     save_last_n_epochs: int | None = Field(None, ge=1)
     """Keep only the embeddings of the last N epoch saves (kohya)."""
     save_last_n_epochs_state: int | None = Field(None, ge=1)

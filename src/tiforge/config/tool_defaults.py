@@ -37,8 +37,12 @@ def apply_tool_defaults(data: dict, tool_name: str) -> dict[str, Any]:
 
     tool = next(t for t in DIALECTS if t.NAME == tool_name)
     filled: dict[str, Any] = {}
+    from_toml = _set_by_dataset_toml(data)
     for path, value in tool.DEFAULTS.items():
         if _lookup(data, path) is not _MISSING:
+            continue
+        if path in from_toml:  # the dataset .toml's own value is what trains: no default to name
+            _set(data, path, from_toml[path])
             continue
         if any(_lookup(data, other) not in (_MISSING, None) for other in tool.DEFAULTS_UNLESS.get(path, ())):
             continue
@@ -50,3 +54,18 @@ def apply_tool_defaults(data: dict, tool_name: str) -> dict[str, Any]:
         log.info("the defaults of %s apply where the command line does not say: %s", tool.TITLE,
                  ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in filled.items()))
     return filled
+
+
+def _set_by_dataset_toml(data: dict) -> dict[str, Any]:
+    """The fields a kohya dataset .toml (--dataset_config) sets itself; it wins over the command line, as in
+    kohya. An unreadable file gives nothing here: the dataset's own check names what is wrong with it."""
+    path = _lookup(data, "data_loader.dataset.config_path")
+    if path is _MISSING or not path:
+        return {}
+    from tiforge.data.kohya_toml import KohyaDatasetError, read_kohya_dataset_config
+
+    try:
+        first = read_kohya_dataset_config(path)[0]
+    except (KohyaDatasetError, IndexError, OSError):
+        return {}
+    return {} if first.batch_size is None else {"train_batch_size": first.batch_size}

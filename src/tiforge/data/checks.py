@@ -145,7 +145,7 @@ def report(config, verbose_items: int | None = None) -> str:
 
     config = apply_kohya_dataset_settings(config)
     dl = config.data_loader
-    records = find_records(dl, config.use_masks)
+    records = find_records(dl, config.use_masks, config.prior_loss_weight)
     scan = scan_records(records, dl.height_width, config.use_masks)
     # Every SD/SDXL tokenizer shares CLIP's vocabulary: the ids are the same without loading the model.
     tokenizer = load_clip_tokenizer()

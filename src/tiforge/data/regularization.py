@@ -48,7 +48,8 @@ def _reg_folder_records(folder: Path, caption_ext: str, options: Options, use_ma
     return [replace(r, is_reg=True) for r in _folder_records(folder, caption_ext, options, use_masks, where)]
 
 
-def add_regularization(records: list[Record], dl, options: Options, use_masks: bool) -> list[Record]:
+def add_regularization(records: list[Record], dl, options: Options, use_masks: bool,
+                       prior_loss_weight: float = 1.0) -> list[Record]:
     """The training records with --repeats applied, plus the balanced regularization records."""
     if dl.repeats != 1:
         records = [replace(r, repeats=r.repeats * dl.repeats) for r in records]
@@ -68,8 +69,8 @@ def add_regularization(records: list[Record], dl, options: Options, use_masks: b
         effect = ("captioned by their own captions or class words. They carry no placeholder, so they send no "
                   "gradient into the embedding: they only dilute the concept's gradient")
     log.info("regularization: %d of %d picture(s), %d per epoch with repeats (balanced to the %d training pictures "
-             "per epoch, as kohya does), weighted by prior_loss_weight; %s", len(reg), found,
-             sum(r.repeats for r in reg), train_count, effect)
+             "per epoch, as kohya does), weighted by prior_loss_weight=%g; %s", len(reg), found,
+             sum(r.repeats for r in reg), train_count, prior_loss_weight, effect)
     if len(reg) < found:
         log.warning("regularization: %d picture(s) are left out: there are more than training pictures (kohya "
                     "leaves them out too)", found - len(reg))

@@ -80,7 +80,8 @@ def default_options(dl: TextualInversionSDDataLoaderConfig) -> Options:
     )
 
 
-def find_records(dl: TextualInversionSDDataLoaderConfig, use_masks: bool = False) -> list[Record]:
+def find_records(dl: TextualInversionSDDataLoaderConfig, use_masks: bool = False,
+                 prior_loss_weight: float = 1.0) -> list[Record]:
     ds = dl.dataset
     options = default_options(dl)
     if ds.type == "IMAGE_CAPTION_JSONL_DATASET":
@@ -98,7 +99,7 @@ def find_records(dl: TextualInversionSDDataLoaderConfig, use_masks: bool = False
         raise DatasetError(f"data_loader.dataset: no {'/'.join(IMAGE_SUFFIXES)} images found")
     from tiforge.data.regularization import add_regularization
 
-    return add_regularization(records, dl, options, use_masks)
+    return add_regularization(records, dl, options, use_masks, prior_loss_weight)
 
 
 # ------------------------------------------------------------------------------------- folders

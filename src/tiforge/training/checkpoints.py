@@ -119,7 +119,8 @@ def find_checkpoint(spec: str, base_output_dir: str | Path) -> Path:
             return found
         raise CheckpointError(f"resume_from_checkpoint: {path}: this run folder has no complete checkpoint")
     if path.is_dir():
-        raise CheckpointError(f"resume_from_checkpoint: {path}: not a checkpoint (no {STATE_FILE}) nor a run folder")
+        raise CheckpointError(f"resume_from_checkpoint: {path}: not a checkpoint (no {STATE_FILE}) nor a run folder; "
+                              "give one of its checkpoint folders" + _existing_checkpoints(path))
     named = sorted(base.glob(f"*/checkpoints/{spec}")) if base.is_dir() else []
     named = [p for p in named if _complete(p)]
     if named:

@@ -8,7 +8,7 @@
 | kohya         | output_dir/                     | <output_name>.<save_model_as>            | <name>-step<8 digits>-state/    | <name>-step<8 digits>.<ext>, <name>-<6 digits>.<ext> |
 
 kohya's state folders are written with save_state (its --save_state), `<name>-state/` at the end with
-save_state_on_train_end; without save_state a save writes the embedding alone.
+save_state or save_state_on_train_end; without save_state a save writes the embedding alone.
 
 run_folders is invoke-training's behaviour and the YAML default; the other three are chosen by the
 flags of the diffusers example, invokeai-ti and kohya-ss sd-scripts (`layout_of_flags`).

@@ -169,7 +169,7 @@ class Recipe:
     def _setup_data_check(self) -> None:
         """Every file is read before any model loads: bad files are named, then skipped or refused."""
         config, dl = self.config, self.config.data_loader
-        self.scan = scan_records(find_records(dl, config.use_masks), dl.height_width, config.use_masks,
+        self.scan = scan_records(find_records(dl, config.use_masks, config.prior_loss_weight), dl.height_width, config.use_masks,
                                  progress=progress_bar("checking data", self.main and self.progress))
         self.records = apply_policy(self.scan, dl.on_bad_image)
         check_captions_hold_placeholder(self.records, config.placeholder_token, dl.uses_templates)
@@ -289,6 +289,7 @@ class Recipe:
         self.window_loss, self.window_batches = torch.zeros((), device=self.device), 0  # over accumulation
         self.nonfinite_in_a_row = 0
         if self.global_step == 0 and self.samples.at_step(0):
+            self.epoch, self.batches_in_epoch = self.start_epoch, 0  # the position a stop while sampling saves
             self.sample(None)
         step_started = time.perf_counter()
         for epoch in range(self.start_epoch, self.num_epochs + 1):
@@ -391,9 +392,7 @@ class Recipe:
 
     def after_step(self) -> None:
         config, step = self.config, self.global_step
-        requested = self.stop_requests.requested or (self.stop_event is not None and self.stop_event.is_set())
-        if agreed(self.accelerator, requested):
-            self.stop("Training interrupted.", self.stop_requests.exit_code)
+        self.stop_if_requested()
         if config.save_embedding_every_n_steps and step % config.save_embedding_every_n_steps == 0:
             self.save_snapshot("step", step)
         if config.save_every_n_steps and step % config.save_every_n_steps == 0 and step < self.max_steps:
@@ -479,9 +478,17 @@ class Recipe:
     def sample(self, epoch: int | None) -> None:
         if self.main:
             for path in self.samples.generate(self.parts, self.accelerator.unwrap_model(self.text_model), self.device,
-                                              self.global_step, epoch, self.accelerator.autocast):
+                                              self.global_step, epoch, self.accelerator.autocast, self.stop_wanted):
                 self.emit(events.FileWritten("sample", str(path)))
         self.accelerator.wait_for_everyone()
+        self.stop_if_requested()  # a stop asked for while sampling: not after one more training step
+
+    def stop_wanted(self) -> bool:
+        return self.stop_requests.requested or (self.stop_event is not None and self.stop_event.is_set())
+
+    def stop_if_requested(self) -> None:
+        if agreed(self.accelerator, self.stop_wanted()):
+            self.stop("Training interrupted.", self.stop_requests.exit_code)
 
     def stop(self, message: str, exit_code: int) -> None:
         """Save what was learned (a checkpoint and the embedding) and leave the loop."""
@@ -497,7 +504,8 @@ class Recipe:
         config, main = self.config, self.main
         check_ranks_agree(self.accelerator, torch.cat([v.flatten() for v in self.prompt_encoder.vectors().values()]))
         self.save_embedding()
-        if config.save_state_on_train_end:
+        # kohya's script ends with `if save_state or save_state_on_train_end`: its users expect <name>-state/
+        if config.save_state_on_train_end or (self.plan.layout == "kohya" and config.save_state):
             self.save_checkpoint("end", self.global_step)
         if main and self.plan.layout in ("diffusers", "invokeai"):
             for path, text in diffusers_concept_files(self.run_dir, self.placeholders[0].token,

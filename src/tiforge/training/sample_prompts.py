@@ -14,6 +14,7 @@ sample_steps, scale, seed, sample_sampler. Settings missing everywhere take kohy
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,16 +102,28 @@ def _from_table(index: int, table: dict, where: str) -> SamplePrompt:
     if not str(table.get("prompt", "")).strip():
         raise SamplePromptError(f"{where}: no prompt")
     try:
-        return SamplePrompt(
+        prompt = SamplePrompt(
             index=index, prompt=str(table["prompt"]).strip(), negative=str(table.get("negative_prompt") or ""),
             width=_size(table.get("width", DEFAULT_SIZE)), height=_size(table.get("height", DEFAULT_SIZE)),
-            steps=max(1, min(1000, int(table.get("sample_steps", DEFAULT_STEPS)))),
+            steps=min(1000, int(table.get("sample_steps", DEFAULT_STEPS))),
             scale=float(table.get("scale", DEFAULT_SCALE)),
             seed=None if table.get("seed") is None else int(table["seed"]),
             sampler=sampler_name(table["sample_sampler"]) if table.get("sample_sampler") else None,
         )
     except (TypeError, ValueError) as err:
         raise SamplePromptError(f"{where}: {err}") from None
+    _check_numbers(prompt, where)
+    return prompt
+
+
+def _check_numbers(prompt: SamplePrompt, where: str) -> None:
+    """Values a picture cannot be made with (kohya would skip them or fail while training)."""
+    if prompt.steps < 1:
+        raise SamplePromptError(f"{where}: steps (--s / sample_steps) {prompt.steps}: expected 1 or more")
+    if not math.isfinite(prompt.scale):
+        raise SamplePromptError(f"{where}: scale (--l / scale) {prompt.scale}: expected a finite number")
+    if prompt.seed is not None and prompt.seed < 0:
+        raise SamplePromptError(f"{where}: seed (--d / seed) {prompt.seed}: expected a whole number of 0 or more")
 
 
 def parse_prompt_line(line: str, index: int = 0, where: str = "line") -> SamplePrompt:
@@ -132,7 +145,7 @@ def parse_prompt_line(line: str, index: int = 0, where: str = "line") -> SampleP
         if not value:
             raise SamplePromptError(f"{where}: --{key} needs a value")
         if key in ("w", "h", "d", "s") and not value.isdigit():
-            raise SamplePromptError(f"{where}: --{key} {value}: expected a whole number")
+            raise SamplePromptError(f"{where}: --{key} {value}: expected a whole number of 0 or more")
         table[keys[key]] = value
     return _from_table(index, table, where)
 

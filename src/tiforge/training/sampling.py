@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -31,6 +32,9 @@ class SamplePictures:
         self.config, self.seed = config, seed
         self.out_dir = run_dir / "sample"
         self.prompts = read_sample_prompts(config.sample_prompts) if config.sample_prompts else []
+        if self.prompts and config.sample_every_n_epochs and config.sample_every_n_steps:
+            log.info("sample pictures every %d epoch(s); sample_every_n_steps=%d is ignored (kohya's rule: epochs win)",
+                     config.sample_every_n_epochs, config.sample_every_n_steps)
 
     def at_step(self, step: int) -> bool:
         c = self.config
@@ -46,7 +50,9 @@ class SamplePictures:
 
     @torch.no_grad()
     def generate(self, components, prompt_encoder, device, step: int, epoch: int | None,
-                 autocast=contextlib.nullcontext) -> list[Path]:
+                 autocast=contextlib.nullcontext, should_stop: Callable[[], bool] = lambda: False) -> list[Path]:
+        """The pictures of every prompt; a stop request (`should_stop`) is honoured between pictures and
+        between sampler steps, and leaves the picture it cut short unwritten."""
         log.info("sample pictures at step %d: %d prompt(s) from %s", step, len(self.prompts), self.config.sample_prompts)
         vae_device = next(components.vae.parameters()).device
         components.vae.to(device)
@@ -59,21 +65,39 @@ class SamplePictures:
         try:
             with autocast():
                 for p in self.prompts:
-                    written.append(self._one(pipe, components, prompt_encoder, device, p, step, epoch))
+                    path = None if should_stop() else self._one(pipe, components, prompt_encoder, device, p, step,
+                                                                 epoch, should_stop)
+                    if path is None:
+                        log.info("sample pictures: stopped on request after %d of %d", len(written), len(self.prompts))
+                        break
+                    written.append(path)
         finally:
             prompt_encoder.train(was_training)
             components.vae.to(vae_device)
         return written
 
-    def _one(self, pipe, components, prompt_encoder, device, p: SamplePrompt, step: int, epoch: int | None) -> Path:
+    def _one(self, pipe, components, prompt_encoder, device, p: SamplePrompt, step: int, epoch: int | None,
+             should_stop: Callable[[], bool]) -> Path | None:
         pipe.scheduler = make_scheduler(p.sampler or self.config.sample_sampler, components.noise_scheduler.config)
         seed = p.seed if p.seed is not None else (self.seed * 1000003 + step * 101 + p.index) % 2**63
         latents = pipe(**prompt_kwargs(prompt_encoder, p.prompt, p.negative,
                                        getattr(pipe.config, "force_zeros_for_empty_prompt", True)),
                        num_inference_steps=p.steps, guidance_scale=p.scale, height=p.height, width=p.width,
-                       generator=torch.Generator(device="cpu").manual_seed(seed), output_type="latent").images
+                       generator=torch.Generator(device="cpu").manual_seed(seed), output_type="latent",
+                       callback_on_step_end=_interrupt_when(should_stop)).images
+        if pipe.interrupt:
+            return None
         image = decode_latents(pipe, latents, device)[0]
         path = self.out_dir / sample_file_name(self.config.output_name, step, epoch, p,
                                                time.strftime("%Y%m%d%H%M%S", time.localtime()))
         image.save(path)
         return path
+
+
+def _interrupt_when(should_stop: Callable[[], bool]):
+    """A diffusers step-end callback that skips the remaining sampler steps once a stop is requested."""
+    def callback(pipe, step_index, timestep, callback_kwargs):
+        if should_stop():
+            pipe._interrupt = True  # diffusers' own flag: its denoising loop skips the steps left
+        return callback_kwargs
+    return callback
