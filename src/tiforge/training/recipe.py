@@ -169,7 +169,8 @@ class Recipe:
     def _setup_data_check(self) -> None:
         """Every file is read before any model loads: bad files are named, then skipped or refused."""
         config, dl = self.config, self.config.data_loader
-        self.scan = scan_records(find_records(dl, config.use_masks, config.prior_loss_weight), dl.height_width, config.use_masks,
+        records = find_records(dl, config.use_masks, config.prior_loss_weight)
+        self.scan = scan_records(records, dl.height_width, config.use_masks,
                                  progress=progress_bar("checking data", self.main and self.progress))
         self.records = apply_policy(self.scan, dl.on_bad_image)
         check_captions_hold_placeholder(self.records, config.placeholder_token, dl.uses_templates)
