@@ -49,6 +49,21 @@ def make_images(folder: Path, n: int = 4, size: int = 48, captions: list[str] | 
     return folder
 
 
+def write_kohya_dataset_toml(path: Path, image_dir: Path, class_tokens: str, num_repeats: int = 1) -> Path:
+    """A kohya dataset .toml in the DreamBooth-method layout: 32 px, batch 1, no buckets, one subset."""
+    path.write_text(f"""[general]
+enable_bucket = false
+[[datasets]]
+resolution = 32
+batch_size = 1
+  [[datasets.subsets]]
+  image_dir = '{image_dir}'
+  class_tokens = '{class_tokens}'
+  num_repeats = {num_repeats}
+""")
+    return path
+
+
 @pytest.fixture
 def image_dir(tmp_path) -> Path:
     return make_images(tmp_path / "images")

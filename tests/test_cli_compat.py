@@ -11,7 +11,7 @@ from diffusers import StableDiffusionPipeline
 from tiforge.frontends.cli import main
 from tiforge.embeddings.compatibility import invokeai_token_width
 
-from conftest import base_config, make_images
+from conftest import base_config, make_images, write_kohya_dataset_toml
 
 # Seed 003, the diffusers guide, with MODEL_NAME / DATA_DIR filled in.
 DIFFUSERS = """--pretrained_model_name_or_path={model} --train_data_dir={data} --learnable_property="object"
@@ -130,17 +130,7 @@ def test_kohya_command_line(tiny_sd1, tmp_path, capsys):
 def test_kohya_seed_command_with_a_dataset_toml(tiny_sd1, tmp_path, capsys):
     # the DreamBooth-method layout: class tokens caption the images; batch size and resolution in the file
     data = make_images(tmp_path / "train" / "10_mychar4 1girl", n=3)
-    toml = tmp_path / "dataset.toml"
-    toml.write_text(f"""[general]
-enable_bucket = false
-[[datasets]]
-resolution = 32
-batch_size = 1
-  [[datasets.subsets]]
-  image_dir = '{data}'
-  class_tokens = 'mychar4 1girl'
-  num_repeats = 10
-""")
+    toml = write_kohya_dataset_toml(tmp_path / "dataset.toml", data, "mychar4 1girl", num_repeats=10)
     line = args(KOHYA_SEED, toml=toml, model=tiny_sd1, out=tmp_path / "out")
     cfg = resolved(line, capsys)
     assert cfg["data_loader"]["dataset"] == {"type": "KOHYA_DATASET_CONFIG", "config_path": str(toml)}

@@ -19,7 +19,7 @@ from tiforge.model.noise import NoiseSettings, draw_training_noise, rescale_zero
 from tiforge.model.text_conditioning import PromptEncoder
 from tiforge.toy.tiny import build_tiny_pipeline
 
-from conftest import base_config, make_images
+from conftest import base_config, make_images, write_kohya_dataset_toml
 
 BOS, EOS = 49406, 49407
 
@@ -406,17 +406,7 @@ KOHYA_SEED = """--dataset_config={toml} --output_dir={out} --output_name=mychar 
 
 def test_seed_001_with_sd2_options_trains_a_v_prediction_model(tiny_sd2, tmp_path, capsys, caplog):
     data = make_images(tmp_path / "train" / "10_mychar4 1girl", n=2)
-    toml = tmp_path / "dataset.toml"
-    toml.write_text(f"""[general]
-enable_bucket = false
-[[datasets]]
-resolution = 32
-batch_size = 1
-  [[datasets.subsets]]
-  image_dir = '{data}'
-  class_tokens = 'mychar4 1girl'
-  num_repeats = 1
-""")
+    toml = write_kohya_dataset_toml(tmp_path / "dataset.toml", data, "mychar4 1girl", num_repeats=1)
     line = shlex.split(KOHYA_SEED.format(toml=toml, out=tmp_path / "out", model=tiny_sd2))
     line += ["--v2", "--v_parameterization", "--clip_skip=2", "--max_token_length=225", "--max_train_steps=2",
              "--report_to=none", "--noise_offset=0.05", "--loss_type=huber", "--debiased_estimation_loss",
