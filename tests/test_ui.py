@@ -4,12 +4,13 @@ import asyncio
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 from textual.widgets import Button, Checkbox, Input, Select
 
-from tiforge.frontends.console_ui import TrainerUI, find_models, form_to_config
+from tiforge.frontends.console_ui import OPTIMIZERS, TrainerUI, find_models, form_to_config
 
 
 def test_models_are_found_in_model_folders(tiny_sd1):
@@ -23,6 +24,17 @@ def test_form_maps_to_the_config_schema():
                           "center_crop": True, "resume": True, "learnable_property": "style"})
     assert cfg["optimizer"]["learning_rate"] == 0.005 and cfg["data_loader"]["caption_preset"] == "style"
     assert cfg["resume_from_checkpoint"] == "latest"
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_optimizer_the_form_offers_makes_a_valid_config(optimizer):
+    from tiforge.config.loading import config_from_dict
+
+    cfg = form_to_config({"model": "m", "trigger": "<t>", "initializer": "*", "num_vectors": "1", "data_dir": "d",
+                          "output_dir": "o", "resolution": "512", "max_steps": "10", "batch_size": "1",
+                          "learning_rate": "1.0", "accumulation": "1", "warmup": "0", "lr_scheduler": "constant",
+                          "optimizer": optimizer})
+    assert config_from_dict(cfg, "form").optimizer.optimizer_type == optimizer
 
 
 def test_fill_the_form_train_and_reproduce_with_the_saved_yaml(tiny_sd1, image_dir, tmp_path, monkeypatch):

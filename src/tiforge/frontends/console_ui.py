@@ -54,8 +54,12 @@ ADVANCED_FIELDS = [
 CHECKS = [("center_crop", "Center crop images", True), ("scale_lr", "Scale learning rate by GPUs, steps and batch", True),
           ("resume", "Resume from last saved checkpoint", False)]
 ADVANCED_CHECKS = [("cache_latents", "Cache VAE outputs", False), ("gradient_checkpointing", "Gradient checkpointing", False)]
+# The optimizers whose defaults need no further settings (see README "Optimizers and schedules"); any
+# other name works from YAML and flags.
+OPTIMIZERS = ["AdamW", "Prodigy", "AdamWScheduleFree", "Lion", "DAdaptAdam"]
 SELECTS = [
     ("mixed_precision", "Mixed precision", ["no", "fp16", "bf16"], "no"),
+    ("optimizer", "Optimizer (Prodigy, DAdaptAdam: learning rate 1.0)", OPTIMIZERS, "AdamW"),
     ("attention", "Attention", ["sdpa", "xformers"], "sdpa"),
     ("lr_scheduler", "Learning rate scheduler", SCHEDULERS, "constant"),
 ]
@@ -128,7 +132,7 @@ def form_to_config(v: dict) -> dict:
         "max_train_steps": number("max_steps"),
         "train_batch_size": number("batch_size"),
         "gradient_accumulation_steps": number("accumulation"),
-        "optimizer": {"optimizer_type": "AdamW", "learning_rate": number("learning_rate", float)},
+        "optimizer": {"optimizer_type": v.get("optimizer") or "AdamW", "learning_rate": number("learning_rate", float)},
         "scale_lr": bool(v.get("scale_lr")),
         "lr_scheduler": v.get("lr_scheduler", "constant"),
         "lr_warmup_steps": number("warmup"),
