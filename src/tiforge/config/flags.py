@@ -15,6 +15,7 @@ from tiforge.config.schema import (AdamWOptimizerConfig, ConfigError, SdxlTextua
                                    WEIGHT_DTYPE_OF_MIXED_PRECISION)
 from tiforge.config.optimizer_schema import NamedOptimizerConfig, ProdigyOptimizerConfig
 from tiforge.config.data_schema import ImageCaptionDirDatasetConfig, TextualInversionSDDataLoaderConfig
+from tiforge.config.dotted import set_dotted
 from tiforge.config.flag_spec import Flag, Overrides
 from tiforge.config.flag_suggestions import unknown_flag_message
 from tiforge.config.peer_flags import all_flags, all_refused
@@ -203,13 +204,7 @@ def apply_flag_overrides(data: dict, overrides: Overrides, tool_defaults: bool =
             log.info("--mixed_precision=%s: frozen weights in %s, as the tool this flag comes from does "
                      "(set --weight_dtype to choose otherwise)", overrides["mixed_precision"], weights)
     for path, value in overrides.items():
-        node = data
-        keys = path.split(".")
-        for k in keys[:-1]:
-            if not isinstance(node.get(k), dict):
-                node[k] = {}
-            node = node[k]
-        node[keys[-1]] = value
+        set_dotted(data, path, value)
     if tool is not None and tool_defaults:
         from tiforge.config.tool_defaults import apply_tool_defaults
 

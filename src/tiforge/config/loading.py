@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from tiforge.config.data_schema import TextualInversionSDDataLoaderConfig
 from tiforge.config.schema import ConfigError, SdTextualInversionConfig, SdxlTextualInversionConfig, TrainingConfig, config_class
+from tiforge.config.dotted import set_dotted
 
 _MOVED_KEYS = {
     "learning_rate": "optimizer.learning_rate",
@@ -79,12 +80,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     for item in overrides:
         keys, value = parse_override(item)
-        node = data
-        for k in keys[:-1]:
-            if not isinstance(node.get(k), dict):
-                node[k] = {}
-            node = node[k]
-        node[keys[-1]] = value
+        set_dotted(data, keys, value)
     return data
 
 

@@ -7,29 +7,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from tiforge.config.dotted import MISSING, lookup, set_dotted
+
 log = logging.getLogger("tiforge")
-_MISSING = object()
-
-
-def _lookup(data: dict, path: str) -> Any:
-    node: Any = data
-    for key in path.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return _MISSING
-        node = node[key]
-    return node
-
-
-def _set(data: dict, path: str, value: Any) -> None:
-    keys = path.split(".")
-    node = data
-    for key in keys[:-1]:
-        if not isinstance(node.get(key), dict):
-            node[key] = {}
-        node = node[key]
-    node[keys[-1]] = value
-
-
 def apply_tool_defaults(data: dict, tool_name: str) -> dict[str, Any]:
     """Fill `data` (the user's settings, already merged) with the tool's defaults where it says nothing;
     returns what was filled in, and says so in the log."""
@@ -39,16 +19,16 @@ def apply_tool_defaults(data: dict, tool_name: str) -> dict[str, Any]:
     filled: dict[str, Any] = {}
     from_toml = _set_by_dataset_toml(data)
     for path, value in tool.DEFAULTS.items():
-        if _lookup(data, path) is not _MISSING:
+        if lookup(data, path) is not MISSING:
             continue
         if path in from_toml:  # the dataset .toml's own value is what trains: no default to name
-            _set(data, path, from_toml[path])
+            set_dotted(data, path, from_toml[path])
             continue
-        if any(_lookup(data, other) not in (_MISSING, None) for other in tool.DEFAULTS_UNLESS.get(path, ())):
+        if any(lookup(data, other) not in (MISSING, None) for other in tool.DEFAULTS_UNLESS.get(path, ())):
             continue
-        if path.startswith("data_loader.dataset.") and not isinstance(_lookup(data, "data_loader.dataset"), dict):
+        if path.startswith("data_loader.dataset.") and not isinstance(lookup(data, "data_loader.dataset"), dict):
             continue  # no dataset on the command line: its own message says what is missing
-        _set(data, path, value)
+        set_dotted(data, path, value)
         filled[path] = value
     if filled:
         log.info("the defaults of %s apply where the command line does not say: %s", tool.TITLE,
@@ -59,8 +39,8 @@ def apply_tool_defaults(data: dict, tool_name: str) -> dict[str, Any]:
 def _set_by_dataset_toml(data: dict) -> dict[str, Any]:
     """The fields a kohya dataset .toml (--dataset_config) sets itself; it wins over the command line, as in
     kohya. An unreadable file gives nothing here: the dataset's own check names what is wrong with it."""
-    path = _lookup(data, "data_loader.dataset.config_path")
-    if path is _MISSING or not path:
+    path = lookup(data, "data_loader.dataset.config_path")
+    if path is MISSING or not path:
         return {}
     from tiforge.data.kohya_toml import KohyaDatasetError, read_kohya_dataset_config
 
