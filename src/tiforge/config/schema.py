@@ -93,7 +93,10 @@ class SdTextualInversionConfig(StrictModel):
     one to the end. A learning_rate written that way sets it."""
 
     min_snr_gamma: float | None = Field(5.0, gt=0)
-    cache_vae_outputs: bool = False
+    cache_vae_outputs: bool | None = None
+    """Encode every picture once before training (both mirror images where it flips at random) instead of
+    every step. null: whenever that is exact, i.e. no random crop or colour augmentation; true: insist
+    (refused with those); false: never."""
     cache_vae_outputs_to_disk: bool = False
     """Keep the cached latents on disk (kohya's cache_latents_to_disk), keyed by image content, size,
     crop and VAE, so a second run with the same data skips the VAE entirely."""
@@ -292,8 +295,8 @@ class SdTextualInversionConfig(StrictModel):
                 f"validation_prompts has {len(self.validation_prompts)}; give one negative prompt per prompt"
             )
         dl = self.data_loader
-        if self.cache_vae_outputs and (dl.random_flip or not dl.center_crop or dl.color_aug):
-            on = [n for n, v in [("random_flip: true", dl.random_flip), ("center_crop: false", not dl.center_crop),
+        if self.cache_vae_outputs and ((not dl.center_crop and not dl.squash) or dl.color_aug):
+            on = [n for n, v in [("center_crop: false", not dl.center_crop and not dl.squash),
                                  ("color_aug: true", dl.color_aug)] if v]
             problems.append(
                 "cache_vae_outputs: cannot cache VAE outputs while a random augmentation is on "
@@ -315,8 +318,8 @@ class SdTextualInversionConfig(StrictModel):
                 "data_loader.keep_original_captions: only applies to a dataset with captions together "
                 "with caption_preset or caption_templates"
             )
-        if self.cache_vae_outputs_to_disk and not self.cache_vae_outputs:
-            problems.append("cache_vae_outputs_to_disk: needs cache_vae_outputs: true")
+        if self.cache_vae_outputs_to_disk and self.cache_vae_outputs is False:
+            problems.append("cache_vae_outputs_to_disk: needs cache_vae_outputs: true (or unset)")
         if self.save_format == "a1111" and self.save_model_as == "safetensors":
             problems.append(
                 "save_format / save_model_as: the a1111 layout (string_to_param) cannot be stored in safetensors; "

@@ -57,9 +57,10 @@ class TextualInversionDataset(Dataset):
         self.record_of = [r for r, rec in enumerate(records) for _ in range(rec.repeats)]
         self.has_reg = any(rec.is_reg for rec in records)
         self.targets = self._targets(sizes or {})
-        self.latent_params: list[torch.Tensor] | None = None
-        self.latent_crops: list[Crop] | None = None
-        self.latent_masks: list[torch.Tensor | None] | None = None
+        # cached VAE outputs per record and variant: [0] as is, [1] mirrored (records that flip at random)
+        self.latent_params: list[list[torch.Tensor]] | None = None
+        self.latent_crops: list[list[Crop]] | None = None
+        self.latent_masks: list[list[torch.Tensor | None]] | None = None
         self._images: dict[int, Image.Image] = {}
         if getattr(dl.dataset, "keep_in_memory", False):
             self._images = {i: open_image(r.image) for i, r in enumerate(records)}
@@ -85,8 +86,14 @@ class TextualInversionDataset(Dataset):
     def bucket_of(self, index: int) -> tuple[int, int]:
         return self.targets[self.record_of[index]]
 
-    def image_tensors(self, record_index: int, rng: torch.Generator | None = None):
-        """(pixels, crop, mask or None) of one record, augmented by `rng` (None: deterministic)."""
+    def draw_flip(self, record_index: int, rng: torch.Generator | None) -> bool:
+        """The item's flip decision: one draw from its generator, made only where flipping is on, so a
+        cached run (which picks a stored variant) uses the generator exactly as an uncached one does."""
+        return rng is not None and self.records[record_index].options.flip and bool(torch.rand((), generator=rng) < 0.5)
+
+    def image_tensors(self, record_index: int, rng: torch.Generator | None = None, flip: bool | None = None):
+        """(pixels, crop, mask or None) of one record, augmented by `rng` (None: deterministic); `flip`
+        forces the mirror image (latent caching encodes both)."""
         record = self.records[record_index]
         raw = self._images[record_index] if record_index in self._images else open_image(record.image)
         image = to_rgb(raw)
@@ -94,7 +101,7 @@ class TextualInversionDataset(Dataset):
         if mask is not None and mask.size != image.size:
             raise DatasetError(f"{record.mask or record.name}: mask is {mask.size[0]}x{mask.size[1]} but the image "
                                f"{record.name} is {image.width}x{image.height}; a mask must match its image")
-        flip = rng is not None and record.options.flip and bool(torch.rand((), generator=rng) < 0.5)
+        flip = self.draw_flip(record_index, rng) if flip is None else flip
         center = rng is None or not record.options.random_crop
         out = resize_and_crop(image, self.targets[record_index], center=center, flip=flip, rng=rng, mask=mask,
                               squash=self.dl.squash)
@@ -113,8 +120,9 @@ class TextualInversionDataset(Dataset):
         if self.has_reg:  # regularization pictures train at prior_loss_weight (training.regularization)
             item["is_reg"] = torch.tensor(record.is_reg)
         if self.latent_params is not None:
-            item["latent_params"], crop = self.latent_params[r], self.latent_crops[r]
-            mask = self.latent_masks[r] if self.use_masks else None
+            variant = int(self.draw_flip(r, rng))  # 1: the mirror image, encoded beside the picture as is
+            item["latent_params"], crop = self.latent_params[r][variant], self.latent_crops[r][variant]
+            mask = self.latent_masks[r][variant] if self.use_masks else None
         else:
             r, (item["pixel_values"], crop, mask) = self._readable(r, rng)
         if self.use_masks:
@@ -242,14 +250,15 @@ def make_dataloader(dataset: TextualInversionDataset, batch_size: int, num_worke
     )
 
 
-def auto_num_workers(config) -> int:
-    """Worker processes for the data loader: the config's number, or an automatic choice."""
+def auto_num_workers(config, cached: bool | None = None) -> int:
+    """Worker processes for the data loader: the config's number, or an automatic choice. `cached`:
+    whether latents are cached (default: what the config says)."""
     import os
     import threading
 
     if config.data_loader.dataloader_num_workers is not None:
         return config.data_loader.dataloader_num_workers
-    if config.cache_vae_outputs:
+    if cached if cached is not None else config.cache_vae_outputs:
         return 0  # cached latents: an item is a tensor lookup and a tokenizer call
     if threading.current_thread() is not threading.main_thread():
         return 0  # a front end trains in a thread: forking worker processes from it is not safe

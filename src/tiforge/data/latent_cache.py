@@ -2,8 +2,8 @@
 `cache_latents_to_disk`).
 
 A disk entry's name is a hash of everything its latents depend on: the image file's bytes, the size
-it is trained at (resolution or bucket), the crop rule, and the VAE (config, dtype, a weight
-checksum). Change any of them and the old entry is simply not found. An entry also keeps the crop
+it is trained at (resolution or bucket), the crop rule, the flip variant, and the VAE (config, dtype,
+a weight checksum). Change any of them and the old entry is simply not found. An entry also keeps the crop
 facts and the mask, so a cached epoch decodes no image at all.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,12 +51,14 @@ def _content_hash(source) -> str:
     return h.hexdigest()
 
 
-def entry_key(dataset: TextualInversionDataset, r: int, vae_fp: str) -> str:
+def entry_key(dataset: TextualInversionDataset, r: int, vae_fp: str, flipped: bool = False) -> str:
     record = dataset.records[r]
     parts = [_content_hash(record.image), str(dataset.targets[r]), "center", vae_fp]
     if dataset.use_masks and record.mask is not None:
         parts.append(_content_hash(record.mask))
     parts.append(f"masks={dataset.use_masks}")  # with masks on, an entry also holds the mask
+    if flipped:  # the mirrored variant; the unflipped key is unchanged, so older caches stay valid
+        parts.append("flipped")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
@@ -82,52 +85,127 @@ def _write(path: Path, params: torch.Tensor, crop: Crop, mask: torch.Tensor | No
 
 @torch.no_grad()
 def cache_vae_outputs(dataset: TextualInversionDataset, vae, device, dtype, progress=None,
-                      disk_dir: str | Path | None = None) -> dict[str, int]:
-    """Encode every record once (deterministic: caching needs center crops and no random flips);
-    keep the latent distribution (mean and log-variance) so each step still samples fresh latents.
-    Returns how many entries were encoded and how many were read back from disk."""
+                      disk_dir: str | Path | None = None, batch_size: int = 1) -> dict[str, int]:
+    """Encode every record once per variant it can take: as is, and mirrored where it flips at random
+    (kohya's flip_aug cache). Each step then picks the variant its generator chose, so a cached run sees
+    the same pictures as one that encodes every step. The latent distribution (mean and log-variance)
+    is kept, so each step still samples fresh latents. Pictures of one size are encoded `batch_size` at
+    a time. Returns how many entries were encoded and how many were read back from disk."""
     folder = Path(disk_dir).expanduser() if disk_dir is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     vae_fp = vae_fingerprint(vae) if folder is not None else ""
-    params, crops, masks = [], [], []
+    jobs = [(r, flipped) for r, record in enumerate(dataset.records)
+            for flipped in ((False, True) if record.options.flip else (False,))]
+    done: dict[tuple[int, bool], tuple] = {}
     stats = {"encoded": 0, "from_disk": 0}
-    indices = range(len(dataset.records))
-    for r in progress(indices) if progress else indices:
-        path = folder / f"{entry_key(dataset, r, vae_fp)}.safetensors" if folder is not None else None
-        if path is not None and path.is_file():
-            try:
-                p, crop, mask = _read(path)
-                params.append(p), crops.append(crop), masks.append(mask)
-                stats["from_disk"] += 1
-                continue
-            except Exception as err:  # a damaged entry is recomputed, never trusted
-                log.warning("latent cache entry %s unreadable (%s); encoding again", path.name, err)
-        pixels, crop, mask = dataset.image_tensors(r)
-        dist = vae.encode(pixels.unsqueeze(0).to(device, dtype)).latent_dist
-        p = dist.parameters[0].to("cpu", torch.float32)
-        if path is not None:
-            _write(path, p, crop, mask)
-        params.append(p), crops.append(crop), masks.append(mask)
-        stats["encoded"] += 1
-    dataset.latent_params, dataset.latent_crops, dataset.latent_masks = params, crops, masks
+    todo: dict[tuple[int, int], list] = {}  # pictures to encode, by size
+    for job in progress(jobs) if progress else jobs:
+        path = folder / f"{entry_key(dataset, job[0], vae_fp, flipped=job[1])}.safetensors" if folder is not None else None
+        entry = _read_entry(path)
+        if entry is not None:
+            done[job] = entry
+            stats["from_disk"] += 1
+            continue
+        pixels, crop, mask = dataset.image_tensors(job[0], flip=job[1])
+        group = todo.setdefault(dataset.targets[job[0]], [])
+        group.append((job, path, pixels, crop, mask))
+        if len(group) >= batch_size:
+            stats["encoded"] += _encode(todo.pop(dataset.targets[job[0]]), vae, device, dtype, done)
+    for group in todo.values():
+        stats["encoded"] += _encode(group, vae, device, dtype, done)
+    dataset.latent_params, dataset.latent_crops, dataset.latent_masks = [], [], []
+    for r, record in enumerate(dataset.records):
+        variants = [done[(r, flipped)] for flipped in ((False, True) if record.options.flip else (False,))]
+        dataset.latent_params.append([v[0] for v in variants])
+        dataset.latent_crops.append([v[1] for v in variants])
+        dataset.latent_masks.append([v[2] for v in variants])
     if folder is not None:
         log.info("latent cache %s: %d encoded, %d reused", folder, stats["encoded"], stats["from_disk"])
     return stats
 
 
-def check_cacheable(config, records) -> None:
-    """Cached latents are only exact when every augmentation is fixed. kohya sets augmentations per
-    subset, so this is only known once the data is read."""
+def _read_entry(path: Path | None):
+    if path is None or not path.is_file():
+        return None
+    try:
+        return _read(path)
+    except Exception as err:  # a damaged entry is recomputed, never trusted
+        log.warning("latent cache entry %s unreadable (%s); encoding again", path.name, err)
+        return None
+
+
+def _encode(group: list, vae, device, dtype, done: dict) -> int:
+    pixels = torch.stack([g[2] for g in group]).to(device, dtype)
+    params = vae.encode(pixels).latent_dist.parameters.to("cpu", torch.float32)
+    for (job, path, _, crop, mask), p in zip(group, params):
+        p = p.clone()  # its own storage: a view would keep the whole batch alive
+        if path is not None:
+            _write(path, p, crop, mask)
+        done[job] = (p, crop, mask)
+    return len(group)
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """Whether latents are cached, and the line that tells the user why (or why not)."""
+
+    cache: bool
+    reason: str
+
+
+def plan_caching(config, records) -> CachePlan:
+    """Cached latents are exact when every augmentation is fixed or a random flip (both mirror images are
+    encoded). `cache_vae_outputs: null` caches exactly then; true insists (and refuses a random crop or
+    colour augmentation); false never caches. kohya sets augmentations per subset, so this is only known
+    once the data is read."""
     from tiforge.data.sources import DatasetError
 
-    if not config.cache_vae_outputs:
-        return
-    random = sorted({str(getattr(r.image, "parent", r.name)) for r in records
-                     if r.options.flip or r.options.random_crop or r.options.color_aug})
-    if random:
+    squash = config.data_loader.squash  # squashing crops nothing, so center_crop: false draws nothing
+    inexact: dict[str, list[str]] = {}
+    for r in records:
+        for name, on in (("random_crop", r.options.random_crop and not squash), ("color_aug", r.options.color_aug)):
+            if on:
+                inexact.setdefault(name, [])
+                folder = str(getattr(r.image, "parent", r.name))
+                if folder not in inexact[name]:
+                    inexact[name].append(folder)
+    why = "; ".join(f"{name} in {', '.join(folders[:3])}" for name, folders in inexact.items())
+    if config.cache_vae_outputs is False:
+        return CachePlan(False, "not cached: cache_vae_outputs: false (every picture goes through the VAE each step)")
+    if inexact and config.cache_vae_outputs:
         raise DatasetError(
-            "cache_vae_outputs: cannot cache VAE outputs of images with a random augmentation (flip_aug, random_crop "
-            f"or color_aug) in {', '.join(random[:5])}; every epoch would need new latents. Turn them off there "
-            "or set cache_vae_outputs: false"
+            f"cache_vae_outputs: cannot cache VAE outputs exactly with a random augmentation ({why}); every "
+            "epoch would need new latents. Turn it off there or set cache_vae_outputs: false (or leave it unset "
+            "to cache only when exact)"
         )
+    if inexact:
+        return CachePlan(False, f"not cached: {why} (a random crop or colour change needs the VAE every step)")
+    flipping = sum(1 for r in records if r.options.flip)
+    if flipping == len(records):
+        shape = f"{len(records)} pictures x 2 flip variants"
+    elif flipping:
+        shape = f"{len(records)} pictures, {flipping} of them x 2 flip variants"
+    else:
+        shape = f"{len(records)} pictures"
+    return CachePlan(True, f"caching latents: {shape} (exact: the same as encoding each step)")
+
+
+def release_vae(parts, keep_decoder: bool) -> None:
+    """After caching, training never encodes again: drop the encoder half (and quant_conv) at once, and
+    the whole VAE when nothing decodes (no validation or sample prompts). The decoder is parked off an
+    accelerator; on a CPU, moving it would free nothing."""
+    import gc
+
+    vae = parts.vae
+    if vae is None:
+        return
+    if not keep_decoder:
+        parts.vae = None
+    else:
+        vae.encoder = None
+        vae.quant_conv = None
+        if next(vae.parameters()).device.type != "cpu":
+            vae.to("cpu")
+    del vae
+    gc.collect()

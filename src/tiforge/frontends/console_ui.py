@@ -139,7 +139,7 @@ def form_to_config(v: dict) -> dict:
         "mixed_precision": v.get("mixed_precision", "no"),
         "xformers": v.get("attention") == "xformers",
         "gradient_checkpointing": bool(v.get("gradient_checkpointing")),
-        "cache_vae_outputs": bool(v.get("cache_latents")),
+        "cache_vae_outputs": True if v.get("cache_latents") else None,  # unticked: cache when exact
         "save_every_n_steps": number("save_every"),
         "max_checkpoints": number("max_checkpoints"),
         "min_snr_gamma": number("min_snr_gamma", float),

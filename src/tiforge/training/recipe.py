@@ -28,7 +28,7 @@ from tiforge.config.loading import dump_config
 from tiforge.data.checks import apply_policy, scan_records
 from tiforge.data.dataset import TextualInversionDataset, auto_num_workers, make_dataloader
 from tiforge.data.captions import Captioner, check_captions_hold_placeholder
-from tiforge.data.latent_cache import cache_vae_outputs, check_cacheable, default_cache_dir
+from tiforge.data.latent_cache import cache_vae_outputs, default_cache_dir, plan_caching, release_vae
 from tiforge.data.regularization import loss_weights
 from tiforge.data.sources import apply_kohya_dataset_settings, find_records
 from tiforge.embeddings.convert import install_for_invokeai
@@ -174,7 +174,7 @@ class Recipe:
                                  progress=progress_bar("checking data", self.main and self.progress))
         self.records = apply_policy(self.scan, dl.on_bad_image)
         check_captions_hold_placeholder(self.records, config.placeholder_token, dl.uses_templates)
-        check_cacheable(config, self.records)
+        self.cache_plan = plan_caching(config, self.records)
 
     def _setup_model(self) -> None:
         config = self.config
@@ -206,18 +206,15 @@ class Recipe:
         check_caption_lengths(self.dataset, self.prompt_encoder.tokenizers[0], self.placeholders[0].ids,
                               token_window(config.max_token_length))
         self.scaling_factor = parts.vae.config.scaling_factor
-        if config.cache_vae_outputs:
-            log.info("caching VAE outputs for %d images", len(self.records))
+        log.info("%s", self.cache_plan.reason)
+        if self.cache_plan.cache:
             disk = (config.latent_cache_dir or default_cache_dir()) if config.cache_vae_outputs_to_disk else None
             cache_vae_outputs(self.dataset, parts.vae, self.device, parts.vae.dtype, disk_dir=disk,
                               progress=progress_bar("caching latents", self.main and self.progress))
-            # The VAE is only needed again to decode validation images: park it off the accelerator,
-            # or drop it when there is nothing to validate.
-            if config.validation_prompts or config.sample_prompts:
-                parts.vae.to("cpu")
-            else:
-                parts.vae = None
-        self.dataloader = make_dataloader(self.dataset, config.train_batch_size, auto_num_workers(config))
+            # Only validation and sample pictures need the VAE again, and only its decoder.
+            release_vae(parts, keep_decoder=bool(config.validation_prompts or config.sample_prompts))
+        workers = auto_num_workers(config, cached=self.cache_plan.cache)
+        self.dataloader = make_dataloader(self.dataset, config.train_batch_size, workers)
         self.sampler = self.dataloader.batch_sampler
 
     def _setup_optimizer(self) -> None:
