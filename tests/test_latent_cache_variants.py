@@ -133,3 +133,19 @@ def test_vae_encoder_is_freed_after_caching_and_validation_still_decodes(tiny_sd
     kept.clear()
     train(config_from_dict(base_config(tiny_sd1, image_dir, tmp_path / "out2", max_train_steps=1)), progress=False)
     assert kept[0].vae is None
+
+
+def test_half_precision_vae_encodes_in_float32_on_a_cpu_without_half_convolutions(tiny_sd1, image_dir, monkeypatch):
+    from tiforge.data import latent_cache
+
+    monkeypatch.setattr(latent_cache, "fast_half_convolutions", lambda dtype: False)
+    assert latent_cache.encoding_dtype(torch.bfloat16, "cpu") == torch.float32
+    assert latent_cache.encoding_dtype(torch.bfloat16, "cuda") == torch.bfloat16
+    d = TextualInversionSDDataLoaderConfig(dataset={"type": "IMAGE_DIR_DATASET", "dataset_dir": str(image_dir)},
+                                           caption_preset="object", resolution=16)
+    ds = TextualInversionDataset(find_records(d), d, Captioner(d, PH), [load_clip_tokenizer()])
+    vae = AutoencoderKL.from_pretrained(tiny_sd1 / "vae").eval().to(torch.bfloat16)
+    cache_vae_outputs(ds, vae, "cpu", torch.bfloat16)
+    assert vae.encoder.conv_in.weight.dtype == torch.float32 and vae.decoder.conv_in.weight.dtype == torch.bfloat16
+    monkeypatch.setattr(latent_cache, "fast_half_convolutions", lambda dtype: True)
+    assert latent_cache.encoding_dtype(torch.bfloat16, "cpu") == torch.bfloat16

@@ -39,7 +39,7 @@ def write_config(tmp_path, cfg, name="c.yaml"):
 def test_resumed_run_ends_bit_identical(variant, tiny_sd1, image_dir, tmp_path):
     extra = {
         "uncached": {"data_loader__random_flip": True, "data_loader__center_crop": False},
-        "cached": {"cache_vae_outputs": True},
+        "cached": {"cache_vae_outputs": True, "data_loader__random_flip": True},  # both flip variants cached
         "accumulation": {"gradient_accumulation_steps": 2, "lr_scheduler": "cosine", "lr_warmup_steps": 2},
     }[variant]
     # batch 1 over 4 images: step 3 of 6 falls in the middle of an epoch

@@ -77,7 +77,8 @@ def _vectors(result):
 
 @pytest.mark.parametrize("cached", [False, True])
 def test_same_seed_gives_bit_identical_embedding(tiny_sd1, image_dir, tmp_path, cached):
-    extra = {} if cached else {"data_loader__random_flip": True, "data_loader__center_crop": False}
+    extra = {"data_loader__random_flip": True} if cached else {"data_loader__random_flip": True,
+                                                               "data_loader__center_crop": False}
     cfg = base_config(tiny_sd1, image_dir, tmp_path / "out", cache_vae_outputs=cached, max_train_steps=5, **extra)
     a, b = _vectors(run(cfg)), _vectors(run(cfg))
     assert torch.equal(a, b)
