@@ -53,7 +53,7 @@ def test_cached_flip_variants_equal_encoding_each_step(tiny_sd1, tmp_path):
 
     vae = AutoencoderKL.from_pretrained(tiny_sd1 / "vae").eval()
     uncached, cached = dataset(), dataset()
-    stats = cache_vae_outputs(cached, vae, "cpu", torch.float32)
+    stats = cache_vae_outputs(cached, vae, "cpu", torch.float32, batch_size=4)  # a batch of 4, then one of 2
     assert stats["encoded"] == 2 * len(records)  # each picture as is and mirrored
     seen = set()
     for epoch in (1, 2, 3):
