@@ -161,7 +161,9 @@ def _load_part(cls, name: str, subfolder: str, options: dict, local_only: bool, 
             model = load_part_in_dtype(cls, folder, dtype)
             if model is not None:
                 return model
-        return cls.from_pretrained(name, subfolder=subfolder, torch_dtype=dtype, **options)
+        # transformers 5 names the argument dtype (torch_dtype is deprecated there); diffusers, torch_dtype
+        dtype_kw = "dtype" if cls.__module__.startswith("transformers") else "torch_dtype"
+        return cls.from_pretrained(name, subfolder=subfolder, **{dtype_kw: dtype}, **options)
     except Exception as err:
         if not local_only:
             raise
