@@ -117,12 +117,14 @@ def _single_file_class(path: Path) -> str | None:
     return None
 
 
-def _load_from_pretrained(name: str, variant: str | None, local_only: bool, sdxl: bool, bar=None) -> SdComponents:
+def _load_from_pretrained(name: str, variant: str | None, local_only: bool, sdxl: bool, bar=None,
+                          dtypes: dict | None = None) -> SdComponents:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     kw = {"local_files_only": local_only}
     weights = {**kw, "variant": variant}
+    dtypes = dtypes or {}
     steps = [
         ("tokenizer", CLIPTokenizer, kw), ("scheduler", DDPMScheduler, kw), ("text_encoder", CLIPTextModel, weights),
         ("vae", AutoencoderKL, weights), ("unet", UNet2DConditionModel, weights),
@@ -133,15 +135,17 @@ def _load_from_pretrained(name: str, variant: str | None, local_only: bool, sdxl
     for subfolder, cls, options in steps:
         if bar is not None:
             bar.set_postfix_str(subfolder)
-        loaded[subfolder] = _load_part(cls, name, subfolder, options, local_only)
+        dtype = dtypes.get(subfolder) if options is weights else None
+        loaded[subfolder] = _load_part(cls, name, subfolder, options, local_only, dtype)
         if bar is not None:
             bar.update(1)
     return SdComponents(loaded["tokenizer"], loaded["text_encoder"], loaded["vae"], loaded["unet"], loaded["scheduler"],
                         source=name, tokenizer_2=loaded.get("tokenizer_2"), text_encoder_2=loaded.get("text_encoder_2"))
 
 
-def _load_part(cls, name: str, subfolder: str, options: dict, local_only: bool):
-    """One part of a diffusers folder; a missing or damaged part is named by its folder."""
+def _load_part(cls, name: str, subfolder: str, options: dict, local_only: bool, dtype=None):
+    """One part of a diffusers folder, its weights read straight into `dtype` where given (never a whole
+    copy in the stored dtype beside them); a missing or damaged part is named by its folder."""
     folder = Path(name).expanduser() / subfolder
     if local_only and not folder.is_dir():
         raise ModelLoadError(
@@ -149,7 +153,17 @@ def _load_part(cls, name: str, subfolder: str, options: dict, local_only: bool):
             "vae/, unet/ and scheduler/ (copy the whole folder, or point model at a single .safetensors file)"
         )
     try:
-        return cls.from_pretrained(name, subfolder=subfolder, **options)
+        if dtype is None:
+            return cls.from_pretrained(name, subfolder=subfolder, **options)
+        if local_only:
+            from tiforge.model.dtype_loading import load_part_in_dtype
+
+            model = load_part_in_dtype(cls, folder, dtype)
+            if model is not None:
+                return model
+        # transformers 5 names the argument dtype (torch_dtype is deprecated there); diffusers, torch_dtype
+        dtype_kw = "dtype" if cls.__module__.startswith("transformers") else "torch_dtype"
+        return cls.from_pretrained(name, subfolder=subfolder, **{dtype_kw: dtype}, **options)
     except Exception as err:
         if not local_only:
             raise
@@ -160,7 +174,7 @@ def _load_part(cls, name: str, subfolder: str, options: dict, local_only: bool):
         ) from err
 
 
-def _load_single_file(path: Path, config_dir: str | None, sdxl: bool) -> SdComponents:
+def _load_single_file(path: Path, config_dir: str | None, sdxl: bool, dtypes: dict | None = None) -> SdComponents:
     from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     _check_family(str(path), _single_file_class(path), sdxl)
@@ -171,6 +185,8 @@ def _load_single_file(path: Path, config_dir: str | None, sdxl: bool) -> SdCompo
         _check_family(f"{path} (single_file_config {config_dir})", _pipeline_class_of_folder(Path(config_dir)), sdxl)
         kw.update(config=str(config_dir), local_files_only=True)
     pipeline_class = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+    if dtypes and len(set(dtypes.values())) == 1:  # one dtype for the whole pipeline, converted as it loads
+        kw["torch_dtype"] = next(iter(dtypes.values()))
     try:
         pipe = pipeline_class.from_single_file(str(path), **kw)
     except Exception as err:
@@ -200,7 +216,7 @@ def load_sd_components(model: str, hf_variant: str | None = None, single_file_co
 
     total = (7 if sdxl else 5) + (vae_model is not None)
     with tqdm(total=total, desc="loading model", disable=not progress, dynamic_ncols=True) as bar:
-        parts = _load(model, hf_variant, single_file_config, sdxl, bar)
+        parts = _load(model, hf_variant, single_file_config, sdxl, bar, _part_dtypes(dtype, vae_dtype))
         if vae_model is not None:
             bar.set_postfix_str("vae_model")
             parts.vae = load_vae(vae_model, hf_variant, like=parts.vae)
@@ -292,14 +308,23 @@ def is_sdxl_model(model: str, single_file_config: str | None = None, online: boo
     return bool(cls and "XL" in cls)
 
 
-def _load(model: str, hf_variant: str | None, single_file_config: str | None, sdxl: bool, bar=None) -> SdComponents:
+def _part_dtypes(dtype, vae_dtype) -> dict:
+    """The dtype each part's weights load in; the VAE may have its own."""
+    import torch
+
+    dtype = dtype or torch.float32
+    return {"text_encoder": dtype, "text_encoder_2": dtype, "unet": dtype, "vae": vae_dtype or dtype}
+
+
+def _load(model: str, hf_variant: str | None, single_file_config: str | None, sdxl: bool, bar=None,
+          dtypes: dict | None = None) -> SdComponents:
     path = Path(model).expanduser()
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
             raise ModelLoadError(f"model {path}: expected a {'/'.join(SINGLE_FILE_SUFFIXES)} checkpoint file")
         if bar is not None:
             bar.set_postfix_str(path.name)  # one file: converted in one go
-        return _load_single_file(path, single_file_config, sdxl)
+        return _load_single_file(path, single_file_config, sdxl, dtypes)
     if path.is_dir():
         cls = _pipeline_class_of_folder(path)
         if cls is None:
@@ -309,16 +334,16 @@ def _load(model: str, hf_variant: str | None, single_file_config: str | None, sd
             )
         _check_family(str(path), cls, sdxl)
         # A variant names hub files (e.g. *.fp16.safetensors); local folders are loaded as they are.
-        parts = _load_from_pretrained(str(path), None, local_only=True, sdxl=sdxl, bar=bar)
+        parts = _load_from_pretrained(str(path), None, local_only=True, sdxl=sdxl, bar=bar, dtypes=dtypes)
         index = json.loads((path / "model_index.json").read_text())
         parts.force_zeros_for_empty_prompt = bool(index.get("force_zeros_for_empty_prompt", True))
         return parts
     if model.count("/") != 1 or model.startswith(("/", ".", "~")):
         raise ModelLoadError(f"model {model}: no such file or folder, and not a hub id of the form 'owner/name'")
-    return _load_from_hub(model, hf_variant, sdxl, bar)
+    return _load_from_hub(model, hf_variant, sdxl, bar, dtypes)
 
 
-def _load_from_hub(repo_id: str, variant: str | None, sdxl: bool, bar=None) -> SdComponents:
+def _load_from_hub(repo_id: str, variant: str | None, sdxl: bool, bar=None, dtypes: dict | None = None) -> SdComponents:
     try:
         from huggingface_hub import hf_hub_download
 
@@ -332,11 +357,11 @@ def _load_from_hub(repo_id: str, variant: str | None, sdxl: bool, bar=None) -> S
             "Offline, download the model elsewhere and point model at the local folder or .safetensors file."
         ) from err
     try:
-        return _load_from_pretrained(repo_id, variant, local_only=False, sdxl=sdxl, bar=bar)
+        return _load_from_pretrained(repo_id, variant, local_only=False, sdxl=sdxl, bar=bar, dtypes=dtypes)
     except (OSError, ValueError) as err:
         if variant is None or variant not in str(err):
             raise ModelLoadError(f"model {repo_id}: {err}") from err
         log.warning("model %s has no %r variant; loading its default weights", repo_id, variant)
         if bar is not None:
             bar.reset()
-        return _load_from_pretrained(repo_id, None, local_only=False, sdxl=sdxl, bar=bar)
+        return _load_from_pretrained(repo_id, None, local_only=False, sdxl=sdxl, bar=bar, dtypes=dtypes)
