@@ -102,3 +102,17 @@ def test_attention_runs_through_sdpa_in_full_and_half_precision(tiny_sd1, caplog
         caplog.clear()
         check_attention(parts)
     assert caplog.records[-1].levelno == logging.WARNING and "not fused" in caplog.text
+
+
+@pytest.mark.parametrize("weight_dtype, expected", [("bfloat16", True), ("float16", True), ("float32", False)])
+def test_half_precision_unet_goes_channels_last_on_the_cpu(weight_dtype, expected, tiny_sd1, image_dir, tmp_path):
+    from tiforge.config.loading import config_from_dict
+    from tiforge.model.loading import load_sd_components
+    from tiforge.training.model_setup import DTYPES, prepare_frozen_model
+
+    cfg = config_from_dict(base_config(tiny_sd1, image_dir, tmp_path, weight_dtype=weight_dtype))
+    parts = load_sd_components(str(tiny_sd1), None, None, DTYPES[weight_dtype], sdxl=False)
+    prepare_frozen_model(parts, cfg, torch.device("cpu"))
+    weight = parts.unet.conv_in.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) is expected
+    assert weight.is_contiguous() is not expected
