@@ -52,6 +52,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "mixed_precision": (FIELDS, "no, fp16 or bf16 autocast"),
     "xformers": (FIELDS, "xformers attention (CUDA); default is PyTorch SDPA"),
     "gradient_checkpointing": (FIELDS, "recompute activations to save memory"),
+    "torch_compile": (FIELDS, "torch.compile the UNet: true, false or auto (only where it pays)"),
     "max_checkpoints": (FIELDS, "keep the newest N checkpoints of each kind"),
     "prediction_type": (FIELDS, "epsilon or v_prediction (default: the model's own)"),
     "max_grad_norm": (FIELDS, "clip the gradient norm to this value"),

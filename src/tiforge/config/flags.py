@@ -88,13 +88,19 @@ def known_flag_names() -> list[str]:
     return sorted(set(_FIELDS) | set(ALIASES))
 
 
-def _parse_bool(name: str, text: str) -> bool:
+# boolean fields that also take "auto"
+_AUTO_SWITCHES = {"torch_compile"}
+
+
+def _parse_bool(name: str, text: str) -> bool | str:
     lowered = text.lower()
+    if lowered == "auto" and name in _AUTO_SWITCHES:
+        return lowered
     if lowered in ("1", "true", "yes", "on"):
         return True
     if lowered in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(f"--{name}={text}: expected true or false")
+    raise ConfigError(f"--{name}={text}: expected true or false{' or auto' if name in _AUTO_SWITCHES else ''}")
 
 
 def flags_to_overrides(argv: list[str]) -> Overrides:

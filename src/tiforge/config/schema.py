@@ -108,6 +108,10 @@ class SdTextualInversionConfig(StrictModel):
     mixed_precision: Literal["no", "fp16", "bf16"] | None = None
     xformers: bool = False
     gradient_checkpointing: bool = False
+    torch_compile: bool | Literal["auto"] = "auto"
+    """torch.compile the UNet for training (kohya's --torch_compile): true, false, or auto, which compiles
+    only where the compile time is measured to be repaid over the run's steps. A failing compile warns
+    and trains on uncompiled."""
     max_checkpoints: int | None = Field(None, ge=1)
     prediction_type: Literal["epsilon", "v_prediction"] | None = None
     max_grad_norm: float | None = Field(None, gt=0)

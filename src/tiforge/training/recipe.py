@@ -39,6 +39,7 @@ from tiforge.model.noise import NoiseSettings, draw_training_noise
 from tiforge.model.placeholders import Placeholder
 from tiforge.model.text_conditioning import conditioning_metadata, unet_conditioning
 from tiforge.training import events
+from tiforge.training.acceleration import unet_runner
 from tiforge.training.checkpoints import capture_rng, load_training_state, restore_rng
 from tiforge.training.interrupts import StopRequests, TrainingStopped, resume_command
 from tiforge.training.machine import fit_to_machine
@@ -286,6 +287,7 @@ class Recipe:
             self.emit(events.Started(str(self.run_dir), self.global_step, self.max_steps))
         self.window_loss, self.window_batches = torch.zeros((), device=self.device), 0  # over accumulation
         self.nonfinite_in_a_row = 0
+        self.run_unet = unet_runner(config, self.parts, self.device.type, self.max_steps)
         if self.global_step == 0 and self.samples.at_step(0):
             self.epoch, self.batches_in_epoch = self.start_epoch, 0  # the position a stop while sampling saves
             self.sample(None)
@@ -336,7 +338,7 @@ class Recipe:
         noise, input_noise, timesteps = draw_training_noise(self.noise, latents, self.noise_settings,
                                                             parts.noise_scheduler.config.num_train_timesteps)
         loss = denoising_loss(
-            parts.unet, parts.noise_scheduler, latents, hidden,
+            self.run_unet, parts.noise_scheduler, latents, hidden,
             prediction_type=self.prediction_type, min_snr_gamma=self.config.min_snr_gamma,
             noise=noise, timesteps=timesteps, input_noise=input_noise, settings=self.loss_settings,
             unet_kwargs=unet_kwargs, mask=batch["mask"].to(device) if "mask" in batch else None,
