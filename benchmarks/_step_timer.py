@@ -25,7 +25,7 @@ from pathlib import Path
 LAUNCHER_START = time.perf_counter()
 
 
-def _record_steps(record: dict) -> None:
+def _record_steps(record: dict):
     # torch.optim drops its `optimizer` submodule name from its namespace: import the function itself
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -34,7 +34,7 @@ def _record_steps(record: dict) -> None:
     def on_step(optimizer, args, kwargs):
         record["steps"].append(time.perf_counter())
 
-    register_optimizer_step_post_hook(on_step)
+    return register_optimizer_step_post_hook(on_step)
 
 
 def _time_caching(record: dict) -> None:
@@ -111,17 +111,20 @@ def _run(target: str, argv: list[str], record: dict) -> int:
     raise SystemExit(f"unknown target {target!r}: script or tiforge")
 
 
-def main() -> int:
-    out, target, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+def main(args: list[str] | None = None) -> int:
+    out, target, *argv = sys.argv[1:] if args is None else args
     record: dict = {"launcher_start": LAUNCHER_START, "steps": [], "caching": [], "exit_code": None}
+    hook = None
     try:
-        _record_steps(record)
+        hook = _record_steps(record)
         _torchvision_without_ops()
         record["exit_code"] = code = _run(target, argv, record)
     except BaseException:
         record["exit_code"] = code = 1
         raise
     finally:
+        if hook is not None:
+            hook.remove()  # a global hook: gone again when the launcher is called in-process (tests)
         with open(out, "w") as f:
             json.dump(record, f)
     return code
