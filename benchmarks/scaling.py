@@ -54,10 +54,10 @@ def startup(model: Path, work: Path, counts: list[int], resolution: int) -> str:
     for count in counts:
         r = tiforge_run(model, work, f"startup-{count}", count, resolution, 1, 2)
         caching = r["caching_s"]
-        print(f"  {count} pictures: start-up {r['startup_s']:.1f} s, caching {caching} s", flush=True)
+        spent = f"{caching:.1f} s" if caching is not None else "not reported"
         per = f"{1000 * caching / count:.0f} ms" if caching is not None else "not reported"
-        rows.append(f"| {count} | {r['startup_s']:.1f} s | "
-                    f"{f'{caching:.1f} s' if caching is not None else 'not reported'} | {per} |")
+        print(f"  {count} pictures: start-up {r['startup_s']:.1f} s, caching {spent}", flush=True)
+        rows.append(f"| {count} | {r['startup_s']:.1f} s | {spent} | {per} |")
     return "\n".join(rows)
 
 
