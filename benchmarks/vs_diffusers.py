@@ -164,7 +164,7 @@ def measure(args, work: Path) -> dict[tuple[str, str, str], Cell]:
         write_pictures(data, resolution, args.pictures)
         for rnd in range(args.rounds):
             order = TOOLS if rnd % 2 == 0 else TOOLS[::-1]
-            for setting in SETTINGS:
+            for setting in args.settings.split(","):
                 for tool in order:
                     out = work / f"out-{size}-{setting}-{tool}-{rnd}"
                     line = shared_line(model, data, out, resolution, args.steps)
@@ -199,6 +199,7 @@ def main() -> None:
                         help="a diffusers clone's examples/textual_inversion/textual_inversion.py "
                              "(textual_inversion_sdxl.py beside it is used for SDXL sizes)")
     parser.add_argument("--sizes", default="tiny,sd15", help="comma-separated: tiny, sd15, tiny-xl, sdxl")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated: same, best")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first is not timed)")
     parser.add_argument("--pictures", type=int, default=4)
@@ -212,6 +213,9 @@ def main() -> None:
     unknown = set(args.sizes.split(",")) - set(RESOLUTION)
     if unknown:
         parser.error(f"--sizes: unknown {', '.join(sorted(unknown))} (choose from {', '.join(RESOLUTION)})")
+    unknown = set(args.settings.split(",")) - set(SETTINGS)
+    if unknown:
+        parser.error(f"--settings: unknown {', '.join(sorted(unknown))} (choose from {', '.join(SETTINGS)})")
     work = Path(tempfile.mkdtemp(prefix="tiforge-vs-diffusers-"))
     try:
         cells = measure(args, work)
