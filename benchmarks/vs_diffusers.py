@@ -153,7 +153,9 @@ def run_child(target: list[str], log: Path) -> dict:
 
 def measure(args, work: Path) -> dict[tuple[str, str, str], Cell]:
     from _models import model_dir
+    from _step_timer import _torchvision_without_ops
 
+    _torchvision_without_ops()  # building a missing model imports transformers, which may import torchvision
     cells: dict[tuple[str, str, str], Cell] = {}
     for size in args.sizes.split(","):
         resolution, sdxl = RESOLUTION[size], size in SDXL_SIZES
