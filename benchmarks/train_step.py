@@ -8,6 +8,7 @@ drift hits both alike. The ratio step/bare is tiforge's overhead; target: at mos
     python benchmarks/train_step.py                          # tiny and full SD 1.5 architecture
     python benchmarks/train_step.py --sizes tiny,tiny-xl     # seconds
     python benchmarks/train_step.py --sizes sdxl             # full SDXL architecture (~16 GiB in fp32)
+    python benchmarks/train_step.py --dtypes bf16            # frozen weights in bfloat16 only (default: fp32,bf16)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 RESOLUTION = {"tiny": 64, "tiny-xl": 64, "sd15": 256, "sdxl": 256}
 SDXL_SIZES = ("tiny-xl", "sdxl")
+WEIGHT_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # tiforge's weight_dtype: the frozen modules' dtype
 
 
 def _peak_memory_gib() -> float:
@@ -47,8 +49,9 @@ class BareStep:
         for encoder, tokenizer in zip(self.encoders, (parts.tokenizer, parts.tokenizer_2)):
             self.ids.append(tokenizer("a photo of a toy", padding="max_length", max_length=77,
                                       return_tensors="pt").input_ids.to(device))
-        self.latents = torch.randn(1, 4, latent_size, latent_size, device=device)
-        self.time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], device=device).float()
+        dtype = parts.unet.dtype  # the trainer's weight dtype: its latents and size ids come in it too
+        self.latents = torch.randn(1, 4, latent_size, latent_size, device=device).to(dtype)
+        self.time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], device=device).to(dtype)
         self.device = device
 
     def _condition(self) -> tuple[torch.Tensor, dict]:
@@ -75,13 +78,13 @@ class BareStep:
         noise = torch.randn_like(self.latents)
         t = torch.randint(0, 1000, (1,), device=self.device)
         pred = self.unet(self.sched.add_noise(self.latents, noise, t), t, hidden, **extra).sample
-        torch.nn.functional.mse_loss(pred, noise).backward()
+        torch.nn.functional.mse_loss(pred.float(), noise.float()).backward()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
 
-def worker(size: str, steps: int) -> dict:
+def worker(size: str, steps: int, dtype: str = "fp32") -> dict:
     from PIL import Image
 
     import tiforge.training.recipe as train_module
@@ -100,6 +103,7 @@ def worker(size: str, steps: int) -> dict:
         "type": "SDXL_TEXTUAL_INVERSION" if size in SDXL_SIZES else "SD_TEXTUAL_INVERSION", "seed": 0, "base_output_dir": tempfile.mkdtemp(), "report_to": "none", "model": model,
         "placeholder_token": "<bench>", "initializer_token": "toy", "num_vectors": 4,
         "max_train_steps": steps + 1, "train_batch_size": 1, "cache_vae_outputs": True,
+        "weight_dtype": WEIGHT_DTYPES[dtype],
         "data_loader": {"dataset": {"type": "IMAGE_DIR_DATASET", "dataset_dir": str(data)},
                         "caption_preset": "object", "resolution": res},
     })
@@ -124,7 +128,7 @@ def worker(size: str, steps: int) -> dict:
 
     train(cfg, progress=False, listener=on_steps(on_step))
     step, bare = statistics.median(trainer_times), statistics.median(bare_times)
-    return {"size": size, "resolution": res, "device": device.type, "steps": steps, "step_s": step, "bare_s": bare,
+    return {"size": size, "dtype": dtype, "resolution": res, "device": device.type, "steps": steps, "step_s": step, "bare_s": bare,
             "ratio": step / bare, "peak_gib": state["peak"]}
 
 
@@ -132,24 +136,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="tiny,tiny-xl,sd15", help="comma-separated: tiny, tiny-xl, sd15, sdxl")
     parser.add_argument("--steps", type=int, default=None, help="measured steps (default 20 tiny, 5 full size)")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated frozen-weight dtypes: fp32, bf16")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.steps)))
+        print(json.dumps(worker(args.worker, args.steps, args.dtype)))
         return
     rows = []
     for size in args.sizes.split(","):
         steps = args.steps or (20 if size.startswith("tiny") else 5)
-        # One process per size, so peak memory is that model's alone.
-        out = subprocess.run([sys.executable, __file__, "--worker", size, "--steps", str(steps)],
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f"{size} failed:\n{out.stderr[-3000:]}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        for dtype in args.dtypes.split(","):
+            # One process per size and dtype, so peak memory is that model's alone.
+            out = subprocess.run([sys.executable, __file__, "--worker", size, "--steps", str(steps), "--dtype", dtype],
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"{size} {dtype} failed:\n{out.stderr[-3000:]}")
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print()
-    print(f"{'model':<8} {'px':>5} {'device':>6} {'steps':>5} {'step s':>9} {'bare s':>9} {'step/bare':>9} {'peak GiB':>9}")
+    print(f"{'model':<8} {'dtype':>5} {'px':>5} {'device':>6} {'steps':>5} {'step s':>9} {'bare s':>9} {'step/bare':>9} {'peak GiB':>9}")
     for r in rows:
-        print(f"{r['size']:<8} {r['resolution']:>5} {r['device']:>6} {r['steps']:>5} {r['step_s']:>9.4f} "
+        print(f"{r['size']:<8} {r['dtype']:>5} {r['resolution']:>5} {r['device']:>6} {r['steps']:>5} {r['step_s']:>9.4f} "
               f"{r['bare_s']:>9.4f} {r['ratio']:>9.3f} {r['peak_gib']:>9.2f}")
     print("\nbare = text encoder fwd+bwd + UNet fwd+bwd with frozen weights (the floor for any TI trainer);"
           "\nstep = tiforge's full training step (noise, loss, Min-SNR, optimizer, scheduler, logging); medians.")
