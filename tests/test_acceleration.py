@@ -116,3 +116,21 @@ def test_half_precision_unet_goes_channels_last_on_the_cpu(weight_dtype, expecte
     weight = parts.unet.conv_in.weight
     assert weight.is_contiguous(memory_format=torch.channels_last) is expected
     assert weight.is_contiguous() is not expected
+
+
+@pytest.mark.parametrize("weight_dtype, mixed, native, warned", [
+    ("bfloat16", "no", False, "weight_dtype bfloat16"), ("float32", "fp16", False, "mixed_precision fp16"),
+    ("bfloat16", "no", True, None), ("float32", "no", False, None),
+])
+def test_half_precision_without_native_kernels_is_called_slow(weight_dtype, mixed, native, warned, monkeypatch,
+                                                              caplog):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(acceleration, "fast_half_convolutions", lambda dtype: native)
+    with caplog.at_level(logging.WARNING, logger="tiforge"):
+        acceleration.warn_emulated_half_precision(SimpleNamespace(weight_dtype=weight_dtype, mixed_precision=mixed),
+                                                  "cpu")
+        acceleration.warn_emulated_half_precision(SimpleNamespace(weight_dtype=weight_dtype, mixed_precision=mixed),
+                                                  "cuda")
+    slow = [r.getMessage() for r in caplog.records if "emulates" in r.getMessage()]
+    assert (slow[0].startswith(warned) and "float32" in slow[0] and len(slow) == 1) if warned else not slow

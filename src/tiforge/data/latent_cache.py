@@ -21,6 +21,7 @@ from tiforge.atomic import atomic_write
 from tiforge.data.dataset import TextualInversionDataset
 from tiforge.data.sources import HFImage
 from tiforge.data.images import Crop
+from tiforge.training.acceleration import fast_half_convolutions
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +149,6 @@ def _encode(group: list, vae, device, dtype, done: dict) -> int:
             _write(path, p, crop, mask)
         done[job] = (p, crop, mask)
     return len(group)
-
-
-def fast_half_convolutions(dtype: torch.dtype) -> bool:
-    """Whether this CPU has oneDNN kernels for bf16/fp16 convolutions (AVX512-BF16, AMX, AVX-FP16)."""
-    check = {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported,
-             torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported}.get(dtype)
-    return bool(check and check())
 
 
 def encoding_dtype(dtype: torch.dtype, device) -> torch.dtype:

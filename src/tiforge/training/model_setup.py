@@ -9,7 +9,7 @@ import torch
 from tiforge.config.schema import TrainingConfig
 from tiforge.model.placeholders import initial_vectors
 from tiforge.model.text_conditioning import PromptEncoder
-from tiforge.training.acceleration import use_channels_last
+from tiforge.training.acceleration import use_channels_last, warn_emulated_half_precision
 from tiforge.training.conditioning_setup import check_conditioning_options, resolve_prediction_type
 
 log = logging.getLogger("tiforge")
@@ -37,6 +37,7 @@ def prepare_frozen_model(parts, config: TrainingConfig, device) -> tuple[PromptE
             encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.xformers:
         parts.unet.enable_xformers_memory_efficient_attention()
+    warn_emulated_half_precision(config, torch.device(device).type)
     use_channels_last(parts.unet, torch.device(device).type)
     return prompt_encoder, prediction_type
 
