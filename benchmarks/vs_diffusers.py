@@ -12,8 +12,9 @@ optimizer-step hook); its peak RSS is the kernel's ru_maxrss from os.wait4.
 
 Settings:
   same  the line a diffusers user writes, fp32 (`--mixed_precision no`), given to both tools;
-  best  diffusers `--mixed_precision bf16` (its own best on a CPU); tiforge the same line plus
-        BEST_TIFORGE below (bf16 frozen weights, cached latents, ...).
+  best  each tool's best on this machine (BEST_DIFFUSERS / BEST_TIFORGE below): bf16 where the
+        hardware has bf16 kernels (diffusers `--mixed_precision bf16`, tiforge bf16 frozen weights);
+        on an AVX2-only CPU float32 is both tools' best, so "best" is "same" there.
 
 Reported: median s/step after the first step, start-up (spawn to the end of the first step: imports,
 model load, data, caching, the first step itself), peak RSS, the ratios (speed = diffusers/tiforge,
@@ -37,12 +38,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-# What each tool adds to the shared line for its best run. The lead updates these as options land.
-BEST_DIFFUSERS = ["--mixed_precision", "bf16"]
-BEST_TIFORGE = ["--mixed_precision", "no", "--weight_dtype", "bfloat16", "--cache_vae_outputs", "true",
-                # Caching under the script's random flip needs exact per-flip-variant caching (issue 19a);
-                # until it lands the flip goes off here (a flip costs nothing, so timings are unchanged).
-                "--random_flip", "false"]
+def native_bf16() -> bool:
+    """bf16 is each tool's best only where the hardware has bf16 kernels (a GPU, AVX512-BF16/AMX); an
+    AVX2-only CPU emulates them, 10-40x slower than float32, so there float32 is both tools' best."""
+    import torch
+
+    return torch.cuda.is_available() or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+# What each tool adds to the shared line for its best run. tiforge caches latents by itself whenever
+# that is exact (per flip variant under the script's random flip), so no flag is needed for it.
+BEST_DIFFUSERS = ["--mixed_precision", "bf16" if native_bf16() else "no"]
+BEST_TIFORGE = ["--mixed_precision", "no", *(["--weight_dtype", "bfloat16"] if native_bf16() else [])]
 
 RESOLUTION = {"tiny": 64, "tiny-xl": 64, "sd15": 256, "sdxl": 512}
 SDXL_SIZES = ("tiny-xl", "sdxl")
