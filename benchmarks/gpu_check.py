@@ -118,12 +118,11 @@ def config_for(case: Case, model: Path, resolution: int, steps: int, work: Path)
     return config_from_dict(cfg)
 
 
-def unet_tflops(parts, case: Case, resolution: int, device: torch.device, repeats: int = 3) -> float:
+def unet_tflops(parts, case: Case, latent: int, resolution: int, device: torch.device, repeats: int = 3) -> float:
     """Achieved TFLOP/s of one UNet forward+backward to the text conditioning (what TI trains through)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     unet = parts.unet
-    latent = resolution // 2 ** (len(parts.vae.config.block_out_channels) - 1)
     dtype = unet.dtype
     sample = torch.randn(1, unet.config.in_channels, latent, latent, device=device, dtype=dtype)
     states = torch.randn(1, 77, unet.config.cross_attention_dim, device=device, dtype=dtype, requires_grad=True)
@@ -166,6 +165,7 @@ def run_case(case: Case, model: Path, resolution: int, steps: int, device: torch
 
     def keep_parts(*args, **kwargs):
         seen["parts"] = parts = real_loader(*args, **kwargs)
+        seen["latent"] = resolution // 2 ** (len(parts.vae.config.block_out_channels) - 1)  # VAE freed later
         seen["vocab"] = [enc.get_input_embeddings().weight.detach().to("cpu", copy=True) for _, _, enc in parts.text_encoders]
         return parts
 
@@ -206,7 +206,7 @@ def run_case(case: Case, model: Path, resolution: int, steps: int, device: torch
             problems.append("the vocabulary changed")
     if case.validation and not (result.validation_dirs and (result.validation_dirs[-1] / "grid.png").is_file()):
         problems.append("no validation images")
-    tflops = unet_tflops(parts, case, resolution, device)
+    tflops = unet_tflops(parts, case, seen["latent"], resolution, device)
     del parts
     gc.collect()
     if device.type == "cuda":
