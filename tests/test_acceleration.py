@@ -104,6 +104,19 @@ def test_attention_runs_through_sdpa_in_full_and_half_precision(tiny_sd1, caplog
     assert caplog.records[-1].levelno == logging.WARNING and "not fused" in caplog.text
 
 
+def test_asking_to_compile_on_a_cpu_warns_of_the_wait(tiny_sd1, caplog):
+    from types import SimpleNamespace
+
+    from tiforge.model.loading import load_sd_components
+
+    parts = load_sd_components(str(tiny_sd1), None, None, torch.float32, sdxl=False)
+    with caplog.at_level(logging.INFO, logger="tiforge"):
+        runner = acceleration.unet_runner(SimpleNamespace(torch_compile=True), parts, "cpu", 10)
+        acceleration.unet_runner(SimpleNamespace(torch_compile=False), parts, "cpu", 10)
+    assert runner.is_compiled  # torch.compile is lazy: nothing is compiled until the first call
+    assert sum("many minutes" in r.getMessage() for r in caplog.records) == 1
+
+
 @pytest.mark.parametrize("weight_dtype, expected", [("bfloat16", True), ("float16", True), ("float32", False)])
 def test_half_precision_unet_goes_channels_last_on_the_cpu(weight_dtype, expected, tiny_sd1, image_dir, tmp_path):
     from tiforge.config.loading import config_from_dict
