@@ -250,15 +250,15 @@ def make_dataloader(dataset: TextualInversionDataset, batch_size: int, num_worke
     )
 
 
-def auto_num_workers(config, cached: bool | None = None) -> int:
+def auto_num_workers(config, cached: bool) -> int:
     """Worker processes for the data loader: the config's number, or an automatic choice. `cached`:
-    whether latents are cached (default: what the config says)."""
+    whether latents are cached (decided from the data: cache_vae_outputs may be null)."""
     import os
     import threading
 
     if config.data_loader.dataloader_num_workers is not None:
         return config.data_loader.dataloader_num_workers
-    if cached if cached is not None else config.cache_vae_outputs:
+    if cached:
         return 0  # cached latents: an item is a tensor lookup and a tokenizer call
     if threading.current_thread() is not threading.main_thread():
         return 0  # a front end trains in a thread: forking worker processes from it is not safe

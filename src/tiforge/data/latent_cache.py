@@ -21,7 +21,7 @@ from tiforge.atomic import atomic_write
 from tiforge.data.dataset import TextualInversionDataset
 from tiforge.data.sources import HFImage
 from tiforge.data.images import Crop
-from tiforge.training.acceleration import fast_half_convolutions
+from tiforge.hardware import fast_half_convolutions
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,7 @@ def cache_vae_outputs(dataset: TextualInversionDataset, vae, device, dtype, prog
         log.info("encoding latents in %s: this CPU has no fast %s convolutions", dtype, vae.dtype)
         vae.encoder.to(dtype=dtype), vae.quant_conv.to(dtype=dtype)
     vae_fp = vae_fingerprint(vae) if folder is not None else ""
-    jobs = [(r, flipped) for r, record in enumerate(dataset.records)
-            for flipped in ((False, True) if record.options.flip else (False,))]
+    jobs = [(r, flipped) for r, record in enumerate(dataset.records) for flipped in flip_variants(record)]
     done: dict[tuple[int, bool], tuple] = {}
     stats = {"encoded": 0, "from_disk": 0}
     todo: dict[tuple[int, int], list] = {}  # pictures to encode, by size
@@ -121,13 +120,18 @@ def cache_vae_outputs(dataset: TextualInversionDataset, vae, device, dtype, prog
         stats["encoded"] += _encode(group, vae, device, dtype, done)
     dataset.latent_params, dataset.latent_crops, dataset.latent_masks = [], [], []
     for r, record in enumerate(dataset.records):
-        variants = [done[(r, flipped)] for flipped in ((False, True) if record.options.flip else (False,))]
+        variants = [done[(r, flipped)] for flipped in flip_variants(record)]
         dataset.latent_params.append([v[0] for v in variants])
         dataset.latent_crops.append([v[1] for v in variants])
         dataset.latent_masks.append([v[2] for v in variants])
     if folder is not None:
         log.info("latent cache %s: %d encoded, %d reused", folder, stats["encoded"], stats["from_disk"])
     return stats
+
+
+def flip_variants(record) -> tuple[bool, ...]:
+    """The variants cached for a record: as is, and mirrored where it flips at random."""
+    return (False, True) if record.options.flip else (False,)
 
 
 def _read_entry(path: Path | None):
@@ -175,14 +179,10 @@ def plan_caching(config, records) -> CachePlan:
     from tiforge.data.sources import DatasetError
 
     squash = config.data_loader.squash  # squashing crops nothing, so center_crop: false draws nothing
-    inexact: dict[str, list[str]] = {}
-    for r in records:
-        for name, on in (("random_crop", r.options.random_crop and not squash), ("color_aug", r.options.color_aug)):
-            if on:
-                inexact.setdefault(name, [])
-                folder = str(getattr(r.image, "parent", r.name))
-                if folder not in inexact[name]:
-                    inexact[name].append(folder)
+    rules = {"random_crop": lambda r: r.options.random_crop and not squash, "color_aug": lambda r: r.options.color_aug}
+    found_in = {name: list(dict.fromkeys(str(getattr(r.image, "parent", r.name)) for r in records if on(r)))
+               for name, on in rules.items()}
+    inexact = {name: found for name, found in found_in.items() if found}
     why = "; ".join(f"{name} in {', '.join(folders[:3])}" for name, folders in inexact.items())
     if config.cache_vae_outputs is False:
         return CachePlan(False, "not cached: cache_vae_outputs: false (every picture goes through the VAE each step)")

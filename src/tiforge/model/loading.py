@@ -135,8 +135,7 @@ def _load_from_pretrained(name: str, variant: str | None, local_only: bool, sdxl
     for subfolder, cls, options in steps:
         if bar is not None:
             bar.set_postfix_str(subfolder)
-        dtype = dtypes.get(subfolder) if options is weights else None
-        loaded[subfolder] = _load_part(cls, name, subfolder, options, local_only, dtype)
+        loaded[subfolder] = _load_part(cls, name, subfolder, options, local_only, dtypes.get(subfolder))
         if bar is not None:
             bar.update(1)
     return SdComponents(loaded["tokenizer"], loaded["text_encoder"], loaded["vae"], loaded["unet"], loaded["scheduler"],

@@ -12,6 +12,8 @@ import sys
 
 import torch
 
+from tiforge.hardware import fast_half_convolutions
+
 log = logging.getLogger("tiforge")
 
 # Per device type: (seconds compiling takes, seconds it saves per training step), measured on the full
@@ -96,13 +98,6 @@ def use_channels_last(unet, device_type: str) -> bool:
     log.info("UNet in channels-last memory layout (%s on %s: faster convolutions)", str(unet.dtype).split(".")[-1],
              device_type)
     return True
-
-
-def fast_half_convolutions(dtype: torch.dtype) -> bool:
-    """Whether this CPU has oneDNN kernels for bf16/fp16 convolutions (AVX512-BF16, AMX, AVX-FP16)."""
-    check = {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported,
-             torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported}.get(dtype)
-    return bool(check and check())
 
 
 def warn_emulated_half_precision(config, device_type: str) -> None:
