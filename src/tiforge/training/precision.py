@@ -47,7 +47,7 @@ def fp16_autocast_on_cpu(accelerator) -> None:
         return
     accelerator.native_amp = True  # accelerate's own switch for autocast and for unscaling
     accelerator.scaler = torch.amp.GradScaler("cpu")
-    log.info("mixed_precision fp16 on the CPU: float16 autocast with a gradient scaler (slower than bf16 here)")
+    log.info("mixed_precision fp16 on the CPU: float16 autocast with a gradient scaler")
 
 
 @dataclass(frozen=True)
