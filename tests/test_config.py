@@ -142,6 +142,8 @@ def test_all_problems_reported_at_once_with_field_paths():
         ({"cache_vae_outputs": True, "data_loader__color_aug": True}, "data_loader.color_aug: true"),
         ({"data_loader__aspect_ratio_buckets": {"target_resolution": 512, "start_dim": 768, "end_dim": 256}},
          "start_dim 768 is larger than end_dim 256"),
+        ({"data_loader__aspect_ratio_buckets": {"target_resolution": 32, "start_dim": 256, "end_dim": 1024}},
+         "target_resolution 32 is smaller than divisible_by 64"),
         ({"data_loader__caption_templates_file": "t.txt"}, "caption_preset / data_loader.caption_templates_file"),
     ],
 )

@@ -394,3 +394,15 @@ def test_resume_with_a_kohya_output_folder_lists_its_state_folders(tmp_path):
     message = str(err.value)
     assert "not a checkpoint" in message
     assert message.index(str(out / "mychar-000002-state")) < message.index(str(out / "mychar-000001-state"))
+
+
+def test_buckets_no_picture_fits_are_refused_naming_the_dataset_toml(tiny_sd1, image_dir, tmp_path, capsys):
+    from conftest import write_kohya_dataset_toml
+
+    toml = write_kohya_dataset_toml(tmp_path / "ds.toml", image_dir, "mychar4")
+    toml.write_text(toml.read_text().replace("enable_bucket = false", "enable_bucket = true"))  # 32 px < 64 steps
+    code = main(["train", f"--pretrained_model_name_or_path={tiny_sd1}", f"--dataset_config={toml}",
+                 f"--output_dir={tmp_path / 'out'}", "--token_string=mychar4", "--init_word=cute", "--max_train_steps=1"])
+    assert code == 2
+    assert f"{toml}: enable_bucket with resolution 32x32" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -88,6 +88,10 @@ class AspectRatioBucketConfig(StrictModel):
             raise ValueError(f"start_dim {self.start_dim} is larger than end_dim {self.end_dim}")
         if self.divisible_by % 8:
             raise ValueError(f"divisible_by must be a multiple of 8 (the VAE downsamples by 8), got {self.divisible_by}")
+        if self.target_resolution < self.divisible_by:
+            raise ValueError(
+                f"target_resolution {self.target_resolution} is smaller than divisible_by {self.divisible_by}: no bucket "
+                "fits; lower divisible_by (kohya: --bucket_reso_steps) or raise the resolution")
         return self
 
 

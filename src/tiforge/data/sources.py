@@ -278,12 +278,20 @@ def apply_kohya_dataset_settings(config):
         update["train_batch_size"] = first.batch_size
     if first.enable_bucket:
         h, w = first.resolution or dl.height_width
+        from pydantic import ValidationError
+
         from tiforge.config.data_schema import AspectRatioBucketConfig
 
-        dl_update["aspect_ratio_buckets"] = AspectRatioBucketConfig(
-            target_resolution=int((h * w) ** 0.5), start_dim=first.min_bucket_reso, end_dim=first.max_bucket_reso,
-            divisible_by=first.bucket_reso_steps, no_upscale=first.bucket_no_upscale,
-        )
+        try:
+            dl_update["aspect_ratio_buckets"] = AspectRatioBucketConfig(
+                target_resolution=int((h * w) ** 0.5), start_dim=first.min_bucket_reso, end_dim=first.max_bucket_reso,
+                divisible_by=first.bucket_reso_steps, no_upscale=first.bucket_no_upscale,
+            )
+        except ValidationError as err:
+            why = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+            raise DatasetError(f"{dl.dataset.config_path}: enable_bucket with resolution {h}x{w}, min/max_bucket_reso "
+                               f"{first.min_bucket_reso}/{first.max_bucket_reso}, bucket_reso_steps "
+                               f"{first.bucket_reso_steps}: {why}") from None
     if dl_update:
         update["data_loader"] = dl.model_copy(update=dl_update)
     return config.model_copy(update=update) if update else config
