@@ -111,6 +111,21 @@ def test_norm_rules_hold_the_trained_vectors_at_the_vocabulary_norm(rule, statis
     assert not torch.allclose(plain_file["emb_params"].float().norm(dim=1), norms, rtol=1e-2)  # the rule did it
 
 
+def test_sdxl_vectors_keep_each_encoders_own_vocabulary_norm(tiny_sdxl, image_dir, tmp_path):
+    from tiforge.model.loading import load_sd_components
+
+    cfg = base_config(tiny_sdxl, image_dir, tmp_path / "out", max_train_steps=2, preserve_embedding_norm=True,
+                      optimizer={"optimizer_type": "AdamW", "learning_rate": 0.5}, **SDXL)
+    _, saved = _train_vectors(cfg)
+    assert set(saved) == {"clip_l", "clip_g"}
+    parts = load_sd_components(str(tiny_sdxl), sdxl=True)
+    medians = {name: VocabularyNorms.of_table(enc.get_input_embeddings().weight).median
+               for name, _, enc in parts.text_encoders}
+    assert abs(medians["clip_l"] - medians["clip_g"]) > 1e-3  # the test tells the two apart
+    for name, median in medians.items():
+        assert torch.allclose(saved[name].float().norm(dim=1), torch.full((2,), median), rtol=1e-4), name
+
+
 def test_decay_toward_initializer_ends_nearer_the_start(tiny_sd1, image_dir, tmp_path):
     from tiforge.model.loading import load_sd_components
     from tiforge.training.model_setup import starting_vectors
