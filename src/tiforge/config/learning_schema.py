@@ -64,7 +64,7 @@ def learning_problems(config) -> list[str]:
         fixed = "preserve_embedding_norm" if config.preserve_embedding_norm else "directional_update"
         problems.append(f"embedding_norm_penalty: {fixed} already fixes the vectors' norm, so the penalty "
                         "would do nothing; set only one")
-    if config.decay_toward_initializer and not _weight_decay(config.optimizer):
+    if config.decay_toward_initializer and not optimizer_weight_decay(config.optimizer):
         problems.append("decay_toward_initializer: the optimizer has no weight decay to re-centre; set "
                         "optimizer.weight_decay (the pull's strength, e.g. 0.5)")
     if config.initialize_from_text_encoder_output and config.initial_embedding_file is not None:
@@ -79,7 +79,8 @@ def learning_problems(config) -> list[str]:
     return problems
 
 
-def _weight_decay(optimizer) -> float:
+def optimizer_weight_decay(optimizer) -> float:
+    """The weight decay the optimizer is configured with (optimizer_args win, as they do when built)."""
     args = optimizer.optimizer_args or {}
     value = args.get("weight_decay", getattr(optimizer, "weight_decay", None))
     try:

@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from tiforge.config.learning_schema import optimizer_weight_decay
+from tiforge.training.model_setup import starting_vectors
+
 _TINY = 1e-12  # keeps a zero vector from dividing by zero
 
 
@@ -66,11 +69,9 @@ class VectorRules:
 
     @classmethod
     def from_config(cls, config) -> "VectorRules":
-        from tiforge.config.learning_schema import _weight_decay
-
         return cls(preserve_norm=config.preserve_embedding_norm, norm_penalty=config.embedding_norm_penalty or 0.0,
                    directional=config.directional_update,
-                   decay=_weight_decay(config.optimizer) if config.decay_toward_initializer else 0.0)
+                   decay=optimizer_weight_decay(config.optimizer) if config.decay_toward_initializer else 0.0)
 
     @property
     def active(self) -> bool:
@@ -160,8 +161,6 @@ def build_vector_rules(config, prompt_encoder, optimizer, parts, resumed: bool) 
         return rules
     initial = None
     if resumed and rules.decay:
-        from tiforge.training.model_setup import starting_vectors
-
         by_name = starting_vectors(config, parts, None)
         initial = [by_name[name] for name in prompt_encoder.names]
     return rules.bind(optimizer, placeholder_targets(prompt_encoder.embeddings, initial))
