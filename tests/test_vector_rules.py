@@ -10,7 +10,6 @@ import yaml
 from safetensors.torch import load_file
 
 from tiforge.config.loading import config_from_dict
-from tiforge.config.schema import ConfigError
 from tiforge.frontends.cli import main
 from tiforge.model.loss import NoiseSource
 from tiforge.model.noise import NoiseSettings, draw_timesteps
@@ -105,7 +104,8 @@ def test_norm_rules_hold_the_trained_vectors_at_the_vocabulary_norm(rule, statis
     _, ruled_file = _train_vectors({**plain, "base_output_dir": str(tmp_path / "ruled"), rule: True})
     target = getattr(_vocabulary_norms(tiny_sd1), statistic)
     # an ordinary embedding file: the same keys, shapes and dtype as without the rule
-    assert {k: (v.shape, v.dtype) for k, v in ruled_file.items()} == {k: (v.shape, v.dtype) for k, v in plain_file.items()}
+    layout = {k: (v.shape, v.dtype) for k, v in plain_file.items()}
+    assert {k: (v.shape, v.dtype) for k, v in ruled_file.items()} == layout
     norms = ruled_file["emb_params"].float().norm(dim=1)
     assert torch.allclose(norms, torch.full_like(norms, target), rtol=1e-4)
     assert not torch.allclose(plain_file["emb_params"].float().norm(dim=1), norms, rtol=1e-2)  # the rule did it
@@ -135,7 +135,8 @@ def test_decay_toward_initializer_ends_nearer_the_start(tiny_sd1, image_dir, tmp
     config = config_from_dict(cfg)
     (start,) = starting_vectors(config, load_sd_components(str(tiny_sd1)), None).values()
     _, toward_zero = _train_vectors(cfg)
-    _, toward_start = _train_vectors({**cfg, "base_output_dir": str(tmp_path / "decay"), "decay_toward_initializer": True})
+    _, toward_start = _train_vectors({**cfg, "base_output_dir": str(tmp_path / "decay"),
+                                      "decay_toward_initializer": True})
     far, near = ((f["emb_params"] - start).norm().item() for f in (toward_zero, toward_start))
     # AdamW's decay (50% per step here) takes the vectors toward 0; re-centred, it holds them near the start
     assert near < 0.5 * far, (near, far)

@@ -233,7 +233,8 @@ class Recipe:
         self.text_model, self.optimizer, self.dataloader, self.lr_scheduler = accelerator.prepare(
             self.prompt_encoder, optimizer, self.dataloader, lr_scheduler
         )
-        self.vector_rules = build_vector_rules(config, self.prompt_encoder, self.optimizer, self.parts, bool(self.state))
+        self.vector_rules = build_vector_rules(config, self.prompt_encoder, self.optimizer, self.parts,
+                                               resumed=bool(self.state))
 
     def _restore_position(self) -> None:
         """Step 0, or the checkpoint's position with every state that decides what comes next."""
