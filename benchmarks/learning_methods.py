@@ -37,6 +37,9 @@ METHODS: dict[str, dict] = {
     "logit_normal": {"timestep_sampling": "logit_normal"},
 }
 METHODS.update({f"{name}@words": METHODS[name] for name in ("preserve_norm", "norm_penalty", "directional")})
+# The encoder's output is ~50x a word's norm on the toy (7.6 against 0.15-0.40): its direction, at a word's norm
+METHODS["cross_init+preserve_norm@words"] = {**METHODS["cross_init"], **METHODS["preserve_norm"]}
+METHODS["cross_init+directional@words"] = {**METHODS["cross_init"], **METHODS["directional"]}
 TOKEN = "<purple-star>"
 TOY_WORDS = "a small large on background red yellow green cyan blue purple circle square triangle star dark grey " \
             "light plain striped checkered"
@@ -74,7 +77,7 @@ def run(method: str, seed: int, steps: int, every: int, data: Path, model: Path)
            "save_every_n_steps": every, "train_batch_size": 6, "cache_vae_outputs": True, "optimizer": ADAMW,
            "data_loader": {"dataset": {"type": "IMAGE_DIR_DATASET", "dataset_dir": str(data)}, "resolution": 32,
                            "caption_preset": "object"}}
-    use_toy_word_norms(model, method.endswith("@words"))
+    use_toy_word_norms(model, method.endswith("@words"))  # before the run builds its rules
     started = time.perf_counter()
     result = train(config_from_dict({**cfg, **METHODS[method]}), progress=False)
     seconds = time.perf_counter() - started
