@@ -49,7 +49,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     for e in err.errors():
         # Union members add their class name to the path; users only know the YAML keys.
         path = tuple(p for p in e["loc"] if not (isinstance(p, str) and (p[:1].isupper() or p.startswith("function-"))))
-        where = ".".join(str(p) for p in path)
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
         if e["type"] == "extra_forbidden":
             lines.append(f"  - {where}: unknown field{_hint(path)}")
         elif e["type"] == "value_error" and not path:
