@@ -96,3 +96,67 @@ def test_stop_after_steps_freezes_the_vectors_exactly(tiny_sd1, tmp_path):
     assert not torch.equal(style_2, initial(tiny_sd1, "painting")[None])  # it trained up to step 2
     assert torch.equal(style_end, style_2)  # and not one bit since
     assert not torch.equal(thing_end, thing_2)  # while the first embedding went on
+
+
+def test_resume_restores_every_embedding_bit_identical(tiny_sd1, tmp_path):
+    data = make_images(tmp_path / "pics", 4, captions=["a <thing>", "a picture in <style>", "<thing> with <pat>"])
+    pattern = {"placeholder_token": "<pat>", "initial_phrase": "striped cloth", "stop_after_steps": 1,
+               "learning_rate": 3e-2}
+    cfg = several(tiny_sd1, data, tmp_path / "out", {**STYLE, "stop_after_steps": 3}, pattern, max_train_steps=5,
+                  save_every_n_steps=2, train_batch_size=1)
+    full = train(config_from_dict(cfg), progress=False)
+    expected = [load_embedding(p).single.clone() for p in full.embedding_paths]
+    assert len(expected) == 3 and expected[2].shape == (2, 32)
+    half = full.run_dir / "checkpoints" / "checkpoint-step_00000002"
+    resumed = train(config_from_dict({**cfg, "resume_from_checkpoint": str(half)}), progress=False)
+    assert resumed.embedding_paths == full.embedding_paths
+    for path, want in zip(resumed.embedding_paths, expected):
+        assert torch.equal(load_embedding(path).single, want), path.name
+
+
+# -------------------------------------------------------------------------------- captions, flags
+
+def test_templates_name_the_token_of_the_pictures_folder(tmp_path):
+    from pathlib import Path
+
+    from tiforge.data.captions import Captioner, check_every_token_trained
+    from tiforge.data.sources import DatasetError, Record
+    from tiforge.model.placeholders import Placeholder
+
+    from conftest import base_config as cfg_of
+
+    thing = Placeholder("<thing>", ("<thing>",), (1,))
+    style = Placeholder("<my-style>", ("<my-style>", "<my-style>_1"), (2, 3))
+    dl = config_from_dict(cfg_of("m", tmp_path, tmp_path, data_loader__caption_templates=["a photo of {}"],
+                                 data_loader__caption_preset=None)).data_loader
+    captioner = Captioner(dl, thing, style)
+    subject, styled = Record(Path("/d/pics/a.png"), None), Record(Path("/d/10_my-style/b.png"), None)
+    assert captioner(None, None, subject) == "a photo of <thing>"
+    assert captioner(None, None, styled) == "a photo of <my-style> <my-style>_1"
+    assert captioner.expand("<thing> in <my-style>") == "<thing> in <my-style> <my-style>_1"
+    check_every_token_trained([subject, styled], [thing, style], uses_templates=True)
+    with pytest.raises(DatasetError, match="'<my-style>': no caption names it"):
+        check_every_token_trained([subject], [thing, style], uses_templates=True)
+    check_every_token_trained([Record(Path("/d/c.png"), "<thing> in <my-style>")], [thing, style], False)
+
+
+def test_placeholder_flag_adds_one_embedding_each():
+    from tiforge.config.flags import apply_flag_overrides, flags_to_overrides
+
+    flags = flags_to_overrides(["--placeholder", "<cat>:dog:3", "--placeholder=<style>:oil painting:lr=5e-3:stop=7",
+                                "--placeholder", "<old>:old/emb.safetensors"])
+    fresh = apply_flag_overrides({}, flags)
+    assert (fresh["placeholder_token"], fresh["initializer_token"], fresh["num_vectors"]) == ("<cat>", "dog", "3")
+    assert fresh["additional_embeddings"] == [
+        {"placeholder_token": "<style>", "initial_phrase": "oil painting", "learning_rate": "5e-3",
+         "stop_after_steps": "7"},
+        {"placeholder_token": "<old>", "initial_embedding_file": "old/emb.safetensors"}]
+    with_yaml = apply_flag_overrides({"placeholder_token": "<me>", "additional_embeddings": [{"placeholder": "<x>"}]},
+                                     flags_to_overrides(["--placeholder", "<cat>:dog"]))
+    assert with_yaml["placeholder_token"] == "<me>"
+    assert with_yaml["additional_embeddings"] == [{"placeholder": "<x>"}, {"placeholder_token": "<cat>",
+                                                                            "initializer_token": "dog"}]
+    more = apply_flag_overrides({}, flags_to_overrides(["--additional_embeddings", "<a>:x", "--placeholder", "<b>:y"]))
+    assert more["placeholder_token"] == "<b>" and more["additional_embeddings"][0]["placeholder_token"] == "<a>"
+    with pytest.raises(ConfigError, match="expected TOKEN:INIT"):
+        flags_to_overrides(["--placeholder", "<cat>"])
