@@ -160,3 +160,40 @@ def test_placeholder_flag_adds_one_embedding_each():
     assert more["placeholder_token"] == "<b>" and more["additional_embeddings"][0]["placeholder_token"] == "<a>"
     with pytest.raises(ConfigError, match="expected TOKEN:INIT"):
         flags_to_overrides(["--placeholder", "<cat>"])
+
+
+# ------------------------------------------------------------------------------------------ queue
+
+def test_train_many_loads_once_reports_a_failure_and_trains_the_rest_exactly(tiny_sd1, tmp_path, capsys,
+                                                                             monkeypatch):
+    import yaml
+
+    import tiforge.model.loading as loading
+    from tiforge.frontends.cli import main
+
+    concepts = tmp_path / "concepts"
+    for name in ("apple", "broken", "cherry"):
+        make_images(concepts / name, 2)
+    (concepts / "broken" / "concept.yaml").write_text("initializer_token: two words\n")
+    (concepts / "cherry" / "concept.yaml").write_text("num_vectors: 1\ndata_loader:\n  caption_preset: style\n")
+    # validation keeps the VAE's decoder only: the queue must give the next concept its encoder back
+    quick = dict(max_train_steps=2, validation_prompts=["a photo"], num_validation_images_per_prompt=1,
+                 num_validation_inference_steps=1)
+    base = base_config(tiny_sd1, tmp_path / "unused", tmp_path / "out", **quick)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    loads = []
+    real_load = loading._load
+    monkeypatch.setattr(loading, "_load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+
+    code = main(["train-many", str(tmp_path / "base.yaml"), "--concepts", str(concepts), "-q"])
+    out = capsys.readouterr().out
+    assert code == 1 and len(loads) == 1
+    assert "train-many: 2 of 3 concept(s) trained" in out
+    assert "FAILED  broken: initializer_token 'two words' must be a single token" in out
+    apple, cherry = (next((tmp_path / "out" / n).glob(f"*/{n}.safetensors")) for n in ("apple", "cherry"))
+    assert str(apple) in out and str(cherry) in out and load_embedding(cherry).token == "<cherry>"
+    # the third concept, on a model kept through two runs, trains exactly as on a fresh load
+    alone = base_config(tiny_sd1, concepts / "cherry", tmp_path / "alone", **quick,
+                        placeholder_token="<cherry>", num_vectors=1, data_loader__caption_preset="style")
+    expected = load_embedding(train(config_from_dict(alone), progress=False).embedding_path).single
+    assert torch.equal(load_embedding(cherry).single, expected)
