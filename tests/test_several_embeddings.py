@@ -197,3 +197,39 @@ def test_train_many_loads_once_reports_a_failure_and_trains_the_rest_exactly(tin
                         placeholder_token="<cherry>", num_vectors=1, data_loader__caption_preset="style")
     expected = load_embedding(train(config_from_dict(alone), progress=False).embedding_path).single
     assert torch.equal(load_embedding(cherry).single, expected)
+
+
+# ------------------------------------------------------------------------------------- console UI
+
+def test_console_ui_loads_and_shows_further_embeddings(tmp_path):
+    import asyncio
+
+    import yaml
+    from textual.widgets import Input
+
+    from tiforge.frontends.console_ui import TrainerUI, config_to_form, form_to_config
+
+    cfg = several("m", tmp_path, tmp_path / "out", {**STYLE, "num_vectors": 2, "learning_rate": 5e-3},
+                  {"placeholder_token": "<pat>", "initial_phrase": "striped cloth", "stop_after_steps": 3},
+                  lr_scheduler="cosine_with_restarts")
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    values, left_out = config_to_form(str(tmp_path / "run.yaml"))
+    assert values["more_embeddings"] == "<style>:painting:2:lr=0.005; <pat>:striped cloth:stop=3"
+    # the form trains a folder of pictures with caption templates: a captioned dataset is said to be left out
+    assert values["trigger"] == "<thing>"
+    assert left_out == ["data_loader.dataloader_num_workers", "data_loader.dataset.type"]
+    again = config_from_dict(form_to_config({**values, "output_dir": str(tmp_path / "out")}), "form")
+    assert [e.model_dump() for e in again.additional_embeddings] == \
+        [e.model_dump() for e in config_from_dict(cfg).additional_embeddings]
+
+    async def drive():
+        app = TrainerUI(prefs_path=tmp_path / "prefs.yaml", models=[])
+        async with app.run_test(size=(140, 60)) as pilot:
+            app.query_one("#load_path", Input).value = str(tmp_path / "run.yaml")
+            await pilot.press("ctrl+o")
+            await pilot.pause()
+            return app.query_one("#more_embeddings", Input).value, app.validate_form()
+
+    shown, config = asyncio.run(drive())
+    assert shown == values["more_embeddings"]
+    assert config is not None and config.all_placeholder_tokens == ["<thing>", "<style>", "<pat>"]

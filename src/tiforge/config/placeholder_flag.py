@@ -66,3 +66,23 @@ def place_placeholders(data: dict, placeholders: list[dict], more: list[dict]) -
         data.update(first)
     if placeholders or more:
         data["additional_embeddings"] = [*(data.get("additional_embeddings") or []), *placeholders, *more]
+
+
+def format_placeholder(entry: dict) -> str:
+    """An additional_embeddings entry in the --placeholder syntax (the console UI's field)."""
+    init = next(str(entry[k]) for k in ("initializer_token", "initial_phrase", "initial_embedding_file")
+                if entry.get(k) is not None)
+    parts = [str(entry["placeholder_token"]), init]
+    if entry.get("num_vectors") not in (None, 1, "1"):
+        parts.append(str(entry["num_vectors"]))
+    parts += [f"{short}={entry[key]}" for short, key in (("lr", "learning_rate"), ("stop", "stop_after_steps"))
+              if entry.get(key) is not None]
+    return ":".join(parts)
+
+
+def parse_placeholders(text: str, field: str) -> list[dict]:
+    """Several specs separated by `;` (the console UI's field); errors name `field`."""
+    try:
+        return [parse_placeholder(spec.strip()) for spec in text.split(";") if spec.strip()]
+    except ConfigError as err:
+        raise ConfigError(f"{field}: {err}") from None
