@@ -137,6 +137,8 @@ def test_templates_name_the_token_of_the_pictures_folder(tmp_path):
     check_every_token_trained([subject, styled], [thing, style], uses_templates=True)
     with pytest.raises(DatasetError, match="'<my-style>': no caption names it"):
         check_every_token_trained([subject], [thing, style], uses_templates=True)
+    with pytest.raises(DatasetError, match="'<thing>': no caption names it"):  # every picture is the style's
+        check_every_token_trained([styled], [thing, style], uses_templates=True)
     check_every_token_trained([Record(Path("/d/c.png"), "<thing> in <my-style>")], [thing, style], False)
 
 

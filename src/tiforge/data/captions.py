@@ -23,15 +23,19 @@ from tiforge.model.placeholders import Placeholder
 log = logging.getLogger(__name__)
 
 
-def check_captions_hold_placeholder(records: list[Record], placeholder: str, uses_templates: bool) -> list[str]:
-    """Names the caption files that never mention the placeholder (they teach it nothing).
+def check_captions_hold_placeholder(records: list[Record], placeholder: str | list[str],
+                                    uses_templates: bool) -> list[str]:
+    """Names the caption files that never mention the placeholder (with several embeddings: any of
+    their tokens); they teach it nothing.
 
     Returns the offending file names (a warning); raises when no caption mentions it at all.
     """
     if uses_templates:
         return []
+    tokens = [placeholder] if isinstance(placeholder, str) else list(placeholder)
+    placeholder = tokens[0] if len(tokens) == 1 else " / ".join(tokens)
     records = [r for r in records if not r.is_reg]  # regularization captions never hold it
-    without = [r.name for r in records if placeholder not in (r.caption or "")]
+    without = [r.name for r in records if not any(t in (r.caption or "") for t in tokens)]
     if len(without) == len(records):
         raise DatasetError(
             f"none of the {len(records)} captions contains the placeholder {placeholder!r}, so training would "
@@ -47,15 +51,15 @@ def check_captions_hold_placeholder(records: list[Record], placeholder: str, use
 
 
 def check_every_token_trained(records: list[Record], placeholders: list[Placeholder], uses_templates: bool) -> None:
-    """Each additional embedding must be named by some caption, or (with templates) own a picture folder;
-    otherwise it would learn nothing. (The first embedding: `check_captions_hold_placeholder`.)"""
+    """With several embeddings, each must be named by some caption, or (with templates) own a picture
+    folder; otherwise it would learn nothing."""
     records = [r for r in records if not r.is_reg]
-    for placeholder in placeholders[1:]:
+    for placeholder in placeholders if len(placeholders) > 1 else []:
         named = any(placeholder.token in (r.caption or "") for r in records)
         owns = uses_templates and any(owner_of(r, placeholders) is placeholder for r in records)
         if not (named or owns):
             raise DatasetError(
-                f"additional embedding {placeholder.token!r}: no caption names it"
+                f"embedding {placeholder.token!r}: no caption names it"
                 + (" and no picture folder is named for it" if uses_templates else "")
                 + f", so training would teach it nothing. Add {placeholder.token!r} to the captions of its pictures"
                 + (f", or put them in a folder named {placeholder.token.strip('<>')!r}" if uses_templates else "")

@@ -176,7 +176,7 @@ class Recipe:
         self.scan = scan_records(records, dl.height_width, config.use_masks,
                                  progress=progress_bar("checking data", self.main and self.progress))
         self.records = apply_policy(self.scan, dl.on_bad_image)
-        check_captions_hold_placeholder(self.records, config.placeholder_token, dl.uses_templates)
+        check_captions_hold_placeholder(self.records, config.all_placeholder_tokens, dl.uses_templates)
         self.cache_plan = plan_caching(config, self.records)
 
     def _setup_model(self) -> None:
