@@ -235,3 +235,33 @@ def test_console_ui_loads_and_shows_further_embeddings(tmp_path):
     shown, config = asyncio.run(drive())
     assert shown == values["more_embeddings"]
     assert config is not None and config.all_placeholder_tokens == ["<thing>", "<style>", "<pat>"]
+
+
+# ------------------------------------------------------------------------------- layouts, families
+
+def test_diffusers_layout_gives_each_embedding_a_folder_diffusers_loads(tiny_sd1, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    data = captioned(tmp_path)
+    cfg = several(tiny_sd1, data, tmp_path / "out", STYLE, max_train_steps=2, output_layout="diffusers",
+                  save_format="diffusers")
+    result = train(config_from_dict(cfg), progress=False)
+    out = tmp_path / "out"
+    assert result.embedding_paths == [out / "learned_embeds.safetensors", out / "style" / "learned_embeds.safetensors"]
+    assert (out / "token_identifier.txt").read_text().strip() == "<thing>"
+    assert (out / "style" / "token_identifier.txt").read_text().strip() == "<style>"
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd1, safety_checker=None, requires_safety_checker=False)
+    pipe.load_textual_inversion(out)
+    pipe.load_textual_inversion(out / "style")
+    table = pipe.text_encoder.get_input_embeddings().weight
+    style_id = pipe.tokenizer.convert_tokens_to_ids("<style>")
+    assert torch.equal(table[style_id], load_embedding(result.embedding_paths[1]).vectors["<style>"][0])
+
+
+def test_sdxl_trains_several_embeddings_for_both_encoders(tiny_sdxl, tmp_path):
+    data = captioned(tmp_path)
+    cfg = several(tiny_sdxl, data, tmp_path / "out", STYLE, max_train_steps=2, type="SDXL_TEXTUAL_INVERSION")
+    result = train(config_from_dict(cfg), progress=False)
+    style = load_embedding(result.embedding_paths[1])
+    assert style.token == "<style>" and set(style.vectors) == {"clip_l", "clip_g"}
+    assert style.vectors["clip_l"].shape[0] == 1 and load_embedding(result.embedding_paths[0]).vectors["clip_g"].shape[0] == 2
