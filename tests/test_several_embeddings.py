@@ -265,3 +265,14 @@ def test_sdxl_trains_several_embeddings_for_both_encoders(tiny_sdxl, tmp_path):
     style = load_embedding(result.embedding_paths[1])
     assert style.token == "<style>" and set(style.vectors) == {"clip_l", "clip_g"}
     assert style.vectors["clip_l"].shape[0] == 1 and load_embedding(result.embedding_paths[0]).vectors["clip_g"].shape[0] == 2
+
+
+def test_kohya_layout_saves_and_prunes_every_embeddings_snapshots(tiny_sd1, tmp_path):
+    data = captioned(tmp_path)
+    cfg = several(tiny_sd1, data, tmp_path / "out", STYLE, max_train_steps=4, output_layout="kohya",
+                  save_every_n_steps=1, save_state=False, save_last_n_steps=1)
+    train(config_from_dict(cfg), progress=False)
+    files = sorted(p.name for p in (tmp_path / "out").glob("*.safetensors"))
+    # kohya keeps the saves of the last N steps: at step 3, those of steps 2 and 3
+    assert files == [f"{name}{suffix}.safetensors" for name in ("style", "thing")
+                     for suffix in ("-step00000002", "-step00000003", "")]
