@@ -97,7 +97,7 @@ def train_queue(concepts: list[Concept], train: Callable[[object], object],
                 result = train(concept.load())
             except TrainingStopped as stopped:
                 outcomes.append(Outcome(concept.label, False, time.perf_counter() - started, error=str(stopped)))
-                if stopped.exit_code == 130:  # Ctrl-C: the user wants the queue to stop too
+                if stopped.exit_code >= 128:  # Ctrl-C or a kill signal: the user wants the queue to stop too
                     outcomes += [Outcome(c.label, False, 0.0, error="not started (interrupted)")
                                  for c in concepts[number:]]
                     break
