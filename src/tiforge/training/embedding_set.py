@@ -9,7 +9,7 @@ The first embedding stays what it always was (the top-level placeholder_token, i
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -48,6 +48,8 @@ class EmbeddingSet:
 
     prompt_encoder: PromptEncoder
     entries: list
+    frozen: list = field(default_factory=list)  # the Parameters past their stop_after_steps
+    _hooked_optimizer: object = None
 
     @classmethod
     def add_to(cls, prompt_encoder: PromptEncoder, config, parts, state: dict | None) -> "EmbeddingSet":
@@ -76,19 +78,32 @@ class EmbeddingSet:
             groups.append(group)
         return groups
 
-    def freeze_due(self, completed_steps: int) -> None:
-        """Embeddings whose stop_after_steps have passed get no more gradient, so the optimizer skips
-        them altogether (no momentum, no weight decay): their vectors stay exactly as they are."""
+    def freeze_due(self, completed_steps: int, optimizer) -> None:
+        """Embeddings whose stop_after_steps have passed stop changing, exactly: their gradient is zero
+        from then on (so clipping and, with several processes, DDP's reduction go on as before), and it
+        is dropped right before each optimizer step, so that the optimizer skips them altogether (no
+        momentum, no weight decay)."""
         for index, entry in enumerate(self.entries, start=1):
             if entry.stop_after_steps is None or completed_steps < entry.stop_after_steps:
                 continue
-            training = [p for p in self.prompt_encoder.parameters_of(index) if p.requires_grad]
-            for parameter in training:
-                parameter.requires_grad_(False)
-                parameter.grad = None
-            if training:
+            new = [p for p in self.prompt_encoder.parameters_of(index) if all(p is not f for f in self.frozen)]
+            for parameter in new:
+                parameter.register_hook(torch.zeros_like)
+                self.frozen.append(parameter)
+            if new:
                 log.info("%s: stop_after_steps %d reached; its vectors stay as they are", entry.placeholder_token,
                          entry.stop_after_steps)
+        if self.frozen and self._hooked_optimizer is None:
+            self._hooked_optimizer = getattr(optimizer, "optimizer", optimizer)  # inside accelerate's wrapper
+            if hasattr(self._hooked_optimizer, "register_step_pre_hook"):
+                self._hooked_optimizer.register_step_pre_hook(self._drop_frozen_gradients)
+            else:  # not a torch.optim.Optimizer: no gradient at all (exact on one process)
+                for parameter in self.frozen:
+                    parameter.requires_grad_(False)
+
+    def _drop_frozen_gradients(self, *_) -> None:
+        for parameter in self.frozen:
+            parameter.grad = None
 
     def file_vectors(self, text_model: PromptEncoder) -> VectorsByToken:
         """Every embedding's vectors as its file stores them, keyed by token, the first first."""

@@ -330,7 +330,7 @@ class Recipe:
         """One batch: latents, noise, the denoising loss through the frozen UNet, backward into the
         placeholder vectors. Returns the detached loss."""
         parts, device = self.parts, self.device
-        self.embedding_set.freeze_due(self.global_step)  # additional embeddings' stop_after_steps
+        self.embedding_set.freeze_due(self.global_step, self.optimizer)  # additional embeddings' stop_after_steps
         if "latent_params" in batch:
             params = batch["latent_params"].to(device)
         else:
