@@ -113,4 +113,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Trainin
 
 
 def dump_config(config: TrainingConfig) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    data = config.model_dump(mode="json")
+    # further embeddings right after the first one's fields, and only where there are any
+    more = data.pop("additional_embeddings", [])
+    if more:
+        keys = list(data)
+        at = keys.index("initial_phrase") + 1 if "initial_phrase" in keys else len(keys)
+        data = {**{k: data[k] for k in keys[:at]}, "additional_embeddings": more, **{k: data[k] for k in keys[at:]}}
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
