@@ -59,5 +59,6 @@ def keep(key: tuple, parts) -> Any:
     if _cache is None:
         return parts
     vae = parts.vae
+    _cache.clear()  # one model at a time: a queue that switches models does not hold them all in memory
     _cache[key] = _Kept(parts, (vae.encoder, vae.quant_conv) if vae is not None else (None, None))
     return reused(key)
