@@ -56,17 +56,44 @@ def test_onetrainer_key_names_are_read(tmp_path):
         ("<s>", "oil paint", 3, 2)
 
 
-# ---------------------------------------------------------------------------------------- training
+# ------------------------------------------------------------------------------------------- model
 
-def initial(model_dir, word):
+@pytest.fixture(scope="module")
+def text_side(tiny_sd1):
+    """The tiny model's tokenizer and text encoder, loaded once for this file."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    tok = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer")
-    enc = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder")
-    return enc.get_input_embeddings().weight[tok.encode(word, add_special_tokens=False)[0]].detach()
+    return (CLIPTokenizer.from_pretrained(tiny_sd1, subfolder="tokenizer"),
+            CLIPTextModel.from_pretrained(tiny_sd1, subfolder="text_encoder"))
 
 
-def test_two_embeddings_train_in_one_loop_each_at_its_own_rate(tiny_sd1, tmp_path):
+def initial(text_side, word):
+    tokenizer, encoder = text_side
+    return encoder.get_input_embeddings().weight[tokenizer.encode(word, add_special_tokens=False)[0]].detach()
+
+
+def test_each_placeholder_has_its_own_rows_and_gradient(text_side):
+    import copy
+
+    from tiforge.model.text_conditioning import PromptEncoder
+
+    tokenizer, text_encoder = (copy.deepcopy(part) for part in text_side)
+    enc = PromptEncoder([("text_encoder", tokenizer, text_encoder)], sdxl=False)
+    first, second = torch.randn(2, 32), torch.randn(3, 32)
+    enc.add_placeholder("<a>", {"text_encoder": first})
+    b = enc.add_placeholder("<b>", {"text_encoder": second})
+    assert b.ids == (49410, 49411, 49412) and [p.shape[0] for p in enc.trainable()] == [2, 3]
+    rows = enc.text_encoders[0].get_input_embeddings()(torch.tensor([[49408, 49409, 49410, 49412, 320]]))
+    assert torch.equal(rows[0, :2], first) and torch.equal(rows[0, 2], second[0]) and torch.equal(rows[0, 3], second[2])
+    hidden, _ = enc.encode(["a photo of <b>"])  # a prompt naming only the second: only its vectors learn
+    hidden.square().sum().backward()
+    grad_a, grad_b = (p.grad for p in enc.trainable())
+    assert grad_a.abs().sum() == 0 and (grad_b.abs().sum(dim=1) > 0).all()
+
+
+# ---------------------------------------------------------------------------------------- training
+
+def test_two_embeddings_train_in_one_loop_each_at_its_own_rate(tiny_sd1, text_side, tmp_path):
     data = captioned(tmp_path)
     slow = {**STYLE, "learning_rate": 1e-6}
     cfg = several(tiny_sd1, data, tmp_path / "out", slow, max_train_steps=3, save_every_n_steps=2,
@@ -77,15 +104,15 @@ def test_two_embeddings_train_in_one_loop_each_at_its_own_rate(tiny_sd1, tmp_pat
     assert [p.name for p in result.embedding_paths] == ["thing.safetensors", "style.safetensors"]
     assert result.embedding_path == result.embedding_paths[0]
     assert thing.token == "<thing>" and style.token == "<style>" and style.single.shape == (1, 32)
-    moved = (style.single[0] - initial(tiny_sd1, "painting")).abs().max().item()
+    moved = (style.single[0] - initial(text_side, "painting")).abs().max().item()
     assert 0 < moved <= 3 * 1e-6 * 1.01, moved  # Adam moves a vector by at most ~lr per step
-    assert (thing.single - initial(tiny_sd1, "toy")).abs().max().item() > 1e-3
+    assert (thing.single - initial(text_side, "toy")).abs().max().item() > 1e-3
     checkpoint = result.run_dir / "checkpoints" / "checkpoint-step_00000002"
     assert {p.name for p in checkpoint.glob("*.safetensors")} == {"thing.safetensors", "style.safetensors"}
     assert list((result.run_dir / "validation" / "final").rglob("*.png"))
 
 
-def test_stop_after_steps_freezes_the_vectors_exactly(tiny_sd1, tmp_path):
+def test_stop_after_steps_freezes_the_vectors_exactly(tiny_sd1, text_side, tmp_path):
     data = captioned(tmp_path)
     cfg = several(tiny_sd1, data, tmp_path / "out", {**STYLE, "stop_after_steps": 2}, max_train_steps=4,
                   save_every_n_steps=2)
@@ -93,7 +120,7 @@ def test_stop_after_steps_freezes_the_vectors_exactly(tiny_sd1, tmp_path):
     at_2 = result.run_dir / "checkpoints" / "checkpoint-step_00000002"
     style_2, thing_2 = load_embedding(at_2 / "style.safetensors").single, load_embedding(at_2 / "thing.safetensors").single
     style_end, thing_end = (load_embedding(p).single for p in reversed(result.embedding_paths))
-    assert not torch.equal(style_2, initial(tiny_sd1, "painting")[None])  # it trained up to step 2
+    assert not torch.equal(style_2, initial(text_side, "painting")[None])  # it trained up to step 2
     assert torch.equal(style_end, style_2)  # and not one bit since
     assert not torch.equal(thing_end, thing_2)  # while the first embedding went on
 
