@@ -87,19 +87,23 @@ class EmbeddingSet:
             if entry.stop_after_steps is None or completed_steps < entry.stop_after_steps:
                 continue
             new = [p for p in self.prompt_encoder.parameters_of(index) if all(p is not f for f in self.frozen)]
+            if not new:
+                continue
             for parameter in new:
                 parameter.register_hook(torch.zeros_like)
                 self.frozen.append(parameter)
-            if new:
-                log.info("%s: stop_after_steps %d reached; its vectors stay as they are", entry.placeholder_token,
-                         entry.stop_after_steps)
-        if self.frozen and self._hooked_optimizer is None:
-            self._hooked_optimizer = getattr(optimizer, "optimizer", optimizer)  # inside accelerate's wrapper
-            if hasattr(self._hooked_optimizer, "register_step_pre_hook"):
-                self._hooked_optimizer.register_step_pre_hook(self._drop_frozen_gradients)
-            else:  # not a torch.optim.Optimizer: no gradient at all (exact on one process)
-                for parameter in self.frozen:
-                    parameter.requires_grad_(False)
+                if not self._hook_optimizer(optimizer):  # not a torch.optim.Optimizer: no gradient at all
+                    parameter.requires_grad_(False)      # (exact on one process)
+            log.info("%s: stop_after_steps %d reached; its vectors stay as they are", entry.placeholder_token,
+                     entry.stop_after_steps)
+
+    def _hook_optimizer(self, optimizer) -> bool:
+        """Registers (once) the pre-step hook that drops the frozen gradients; False where it cannot."""
+        inner = getattr(optimizer, "optimizer", optimizer)  # inside accelerate's wrapper
+        if self._hooked_optimizer is None and hasattr(inner, "register_step_pre_hook"):
+            inner.register_step_pre_hook(self._drop_frozen_gradients)
+            self._hooked_optimizer = inner
+        return self._hooked_optimizer is inner
 
     def _drop_frozen_gradients(self, *_) -> None:
         for parameter in self.frozen:
