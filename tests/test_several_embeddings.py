@@ -303,3 +303,27 @@ def test_kohya_layout_saves_and_prunes_every_embeddings_snapshots(tiny_sd1, tmp_
     # kohya keeps the saves of the last N steps: at step 3, those of steps 2 and 3
     assert files == [f"{name}{suffix}.safetensors" for name in ("style", "thing")
                      for suffix in ("-step00000002", "-step00000003", "")]
+
+
+def test_queue_goes_on_after_a_failure_and_stops_on_ctrl_c():
+    from types import SimpleNamespace
+
+    from tiforge.training.interrupts import TrainingStopped
+    from tiforge.training.queue import Concept, summary, train_queue
+
+    def fails():
+        raise ConfigError("b.yaml: config file not found")
+
+    def interrupted(_):
+        raise TrainingStopped("Training interrupted.", 130)
+
+    done = SimpleNamespace(embedding_paths=["a.safetensors"], embedding_path="a.safetensors", global_step=3,
+                           final_loss=0.5)
+    runs = iter([lambda _: done, interrupted])
+    concepts = [Concept("a", lambda: "cfg"), Concept("b", fails), Concept("c", lambda: "cfg"),
+                Concept("d", lambda: "cfg")]
+    outcomes = train_queue(concepts, lambda config: next(runs)(config), announce=lambda _: None)
+    assert [(o.label, o.ok) for o in outcomes] == [("a", True), ("b", False), ("c", False), ("d", False)]
+    text = summary(outcomes)
+    assert "1 of 4 concept(s) trained" in text and "FAILED  b: b.yaml: config file not found" in text
+    assert "FAILED  c: Training interrupted." in text and "FAILED  d: not started (interrupted)" in text
