@@ -31,6 +31,11 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "initializer_token": (FIELDS, "one existing word to start the vectors from"),
     "initial_embedding_file": (FIELDS, "start from (continue) an existing embedding file"),
     "initial_phrase": (FIELDS, "start from several words (one vector per token)"),
+    "placeholder": (FIELDS, "one embedding per flag, repeatable: TOKEN:INIT[:N][:lr=RATE][:stop=STEPS] (INIT: a word, "
+                            "words or an embedding file); the first is placeholder_token unless set, the rest "
+                            "additional_embeddings"),
+    "additional_embeddings": (FIELDS, "a further embedding, repeatable, as --placeholder TOKEN:INIT[:N][:lr=RATE]"
+                                      "[:stop=STEPS] (YAML: a list of entries; see tiforge config --example)"),
     "scale_lr": (FIELDS, "multiply the learning rate by batch x accumulation x processes"),
     "lr_scheduler": (FIELDS, "constant, linear, cosine, cosine_with_restarts, polynomial, constant_with_warmup, "
                              "piecewise_constant, cosine_with_min_lr, adafactor"),

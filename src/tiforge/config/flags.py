@@ -19,6 +19,8 @@ from tiforge.config.dotted import set_dotted
 from tiforge.config.flag_spec import Flag, Overrides
 from tiforge.config.flag_suggestions import unknown_flag_message
 from tiforge.config.peer_flags import all_flags, all_refused
+from tiforge.config.placeholder_flag import (PENDING, PENDING_MORE, add_additional_embedding_flag, add_placeholder_flag,
+                                            place_placeholders)
 
 log = logging.getLogger("tiforge")
 
@@ -77,6 +79,9 @@ _FIELD_SPELLINGS: dict[str, Flag] = {
     "resolution": Flag(None, apply=_resolution),
     "mixed_precision": Flag(None, apply=_mixed_precision),
     "save_precision": Flag(None, apply=_precision),
+    # several embeddings: one per --placeholder TOKEN:INIT[:N] (config.placeholder_flag)
+    "placeholder": Flag(None, apply=add_placeholder_flag),
+    "additional_embeddings": Flag(None, apply=add_additional_embedding_flag),
 }
 
 ALIASES: dict[str, Flag] = {**all_flags(), **_FIELD_SPELLINGS}
@@ -209,8 +214,10 @@ def apply_flag_overrides(data: dict, overrides: Overrides, tool_defaults: bool =
             overrides["weight_dtype"] = weights
             log.info("--mixed_precision=%s: frozen weights in %s, as the tool this flag comes from does "
                      "(set --weight_dtype to choose otherwise)", overrides["mixed_precision"], weights)
+    placeholders, more = overrides.pop(PENDING, []), overrides.pop(PENDING_MORE, [])
     for path, value in overrides.items():
         set_dotted(data, path, value)
+    place_placeholders(data, placeholders, more)
     if tool is not None and tool_defaults:
         from tiforge.config.tool_defaults import apply_tool_defaults
 

@@ -49,7 +49,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     for e in err.errors():
         # Union members add their class name to the path; users only know the YAML keys.
         path = tuple(p for p in e["loc"] if not (isinstance(p, str) and (p[:1].isupper() or p.startswith("function-"))))
-        where = ".".join(str(p) for p in path)
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
         if e["type"] == "extra_forbidden":
             lines.append(f"  - {where}: unknown field{_hint(path)}")
         elif e["type"] == "value_error" and not path:
@@ -113,4 +113,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Trainin
 
 
 def dump_config(config: TrainingConfig) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    data = config.model_dump(mode="json")
+    # further embeddings right after the first one's fields, and only where there are any
+    more = data.pop("additional_embeddings", [])
+    if more:
+        keys = list(data)
+        at = keys.index("initial_phrase") + 1 if "initial_phrase" in keys else len(keys)
+        data = {**{k: data[k] for k in keys[:at]}, "additional_embeddings": more, **{k: data[k] for k in keys[at:]}}
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

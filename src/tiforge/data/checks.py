@@ -139,7 +139,7 @@ def report(config, verbose_items: int | None = None) -> str:
     then counts, sizes, buckets, repeats and steps per epoch, then every problem."""
     from tiforge.model.clip_tokenizer import load_clip_tokenizer
     from tiforge.data.dataset import TextualInversionDataset, item_rng
-    from tiforge.data.captions import Captioner, check_captions_hold_placeholder
+    from tiforge.data.captions import Captioner, check_captions_hold_placeholder, check_every_token_trained
     from tiforge.data.sources import apply_kohya_dataset_settings, find_records
     from tiforge.model.placeholders import add_placeholder
 
@@ -150,15 +150,18 @@ def report(config, verbose_items: int | None = None) -> str:
     # Every SD/SDXL tokenizer shares CLIP's vocabulary: the ids are the same without loading the model.
     tokenizer = load_clip_tokenizer()
     placeholder = add_placeholder(tokenizer, config.placeholder_token, max(config.num_vectors, _phrase_len(config)))
+    # further embeddings (a phrase's or a file's count is only known with the model: the entry's count here)
+    more = [add_placeholder(tokenizer, e.placeholder_token, e.num_vectors) for e in config.additional_embeddings]
     lines = []
     if scan.records:
         try:
-            check_captions_hold_placeholder(scan.records, placeholder.token, dl.uses_templates)
+            check_captions_hold_placeholder(scan.records, config.all_placeholder_tokens, dl.uses_templates)
+            check_every_token_trained(scan.records, [placeholder, *more], dl.uses_templates)
         except DatasetError as err:
             lines.append(f"ERROR: {err}")
-        dataset = TextualInversionDataset(scan.records, dl, Captioner(dl, placeholder), [tokenizer],
+        dataset = TextualInversionDataset(scan.records, dl, Captioner(dl, placeholder, *more), [tokenizer],
                                           seed=config.seed or 0, sizes=scan.sizes, use_masks=config.use_masks)
-        ids = set(placeholder.ids)
+        ids = {i for p in (placeholder, *more) for i in p.ids}
         window = MAX_TOKENS if config.max_token_length is None else config.max_token_length + 2
         over = 0
         lines.append("items (caption as trained in epoch 1; [ids] are the placeholder's vectors):")

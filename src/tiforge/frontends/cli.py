@@ -73,6 +73,29 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_train_many(args) -> int:
+    """Several concepts one after another, the model loaded once; exit 1 when any failed."""
+    _quiet_library_progress()
+    from tiforge.config.loading import apply_overrides, config_from_dict, load_config, read_config_file
+    from tiforge.config.schema import ConfigError
+    from tiforge.training.queue import concepts_from_configs, concepts_from_folder, summary, train_queue
+    from tiforge.training.recipe import train
+
+    if args.concepts:
+        if len(args.configs) != 1:
+            raise ConfigError("train-many --concepts DIR: give exactly one config, the one every concept starts from")
+        base = apply_overrides(read_config_file(args.configs[0]), args.set)
+        concepts = concepts_from_folder(base, args.concepts, config_from_dict)
+    else:
+        if not args.configs:
+            raise ConfigError("train-many: give the concepts' config files, or one config and --concepts DIR")
+        concepts = concepts_from_configs(args.configs, lambda path: load_config(path, args.set))
+    outcomes = train_queue(concepts, lambda config: train(config, progress=not args.quiet),
+                           announce=lambda line: print(f"== {line}", file=sys.stderr, flush=True))
+    print(summary(outcomes))
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
 def _cmd_config(args) -> int:
     if args.example:
         print(_example_config(), end="")
@@ -188,6 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="one JSON object per step on stdout (for scripts), no bars")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "train-many", help="train several independent concepts one after another, the model loaded once",
+        usage="tiforge train-many CONFIG.yaml [CONFIG.yaml ...] | tiforge train-many BASE.yaml --concepts DIR",
+        description="Each config file is one concept; or, with --concepts, each subfolder DIR/<name>/ of pictures "
+                    "is one: placeholder_token <name>, outputs in base_output_dir/<name>, and a concept.yaml in the "
+                    "folder overrides any field for it. A failing concept is reported and the others still train; "
+                    "a summary comes at the end (exit 1 if any failed).")
+    p.add_argument("configs", nargs="*", metavar="CONFIG.yaml")
+    p.add_argument("--concepts", metavar="DIR", help="one concept per subfolder, on the one config given")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field for every concept")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train_many)
 
     p = sub.add_parser("dataset", help="training data tools")
     dataset_sub = p.add_subparsers(dest="dataset_command", required=True)

@@ -3,7 +3,9 @@
 A form with the fields of InvokeAI's trainer (and the rarer ones under "Advanced"), validated as
 typed with the config's own rules and messages; Start trains with a live view (step, loss
 sparkline, learning rate, speed, time left, latest validation images) and Stop saves and stops.
-The form remembers its last values and can save them as a YAML file `tiforge train` runs unchanged.
+The form remembers its last values and can save them as a YAML file `tiforge train` runs unchanged;
+Ctrl+O loads a YAML config into it. Further embeddings of the same run (`additional_embeddings`) are
+one field, in the `--placeholder` syntax: `<my-style>:painting:2; <my-pattern>:stripes:lr=1e-3`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ ADVANCED_FIELDS = [
     ("min_snr_gamma", "Min-SNR gamma (empty: off)", "5.0"),
     ("max_checkpoints", "Checkpoints kept (empty: all)", ""),
     ("clip_skip", "Clip skip (SD 1.x/2.x; empty: off, 2: penultimate layer)", ""),
+    ("more_embeddings", "Further embeddings: TOKEN:INIT[:N][:lr=R][:stop=S]; ...", ""),
+    ("load_path", "YAML config to load (Ctrl+O)", ""),
 ]
 CHECKS = [("center_crop", "Center crop images", True), ("scale_lr", "Scale learning rate by GPUs, steps and batch", True),
           ("resume", "Resume from last saved checkpoint", False)]
@@ -163,7 +167,60 @@ def form_to_config(v: dict) -> dict:
         cfg["num_validation_images_per_prompt"] = number("validation_images")
     if v.get("resume"):
         cfg["resume_from_checkpoint"] = "latest"
+    more = str(v.get("more_embeddings") or "").strip()
+    if more:
+        from tiforge.config.placeholder_flag import parse_placeholders
+
+        cfg["additional_embeddings"] = parse_placeholders(more, "Further embeddings")
     return {k: val for k, val in cfg.items() if val is not None or k in ("seed",)}
+
+
+# form field <- config path; the inverse of form_to_config for what the form has
+_FORM_OF_CONFIG = {
+    "model": "model", "trigger": "placeholder_token", "initializer": "initializer_token", "num_vectors": "num_vectors",
+    "data_dir": "data_loader.dataset.dataset_dir", "output_dir": "base_output_dir", "resolution": "data_loader.resolution",
+    "max_steps": "max_train_steps", "batch_size": "train_batch_size", "learning_rate": "optimizer.learning_rate",
+    "accumulation": "gradient_accumulation_steps", "warmup": "lr_warmup_steps", "seed": "seed",
+    "save_every": "save_every_n_steps", "validate_every": "validate_every_n_steps",
+    "validation_images": "num_validation_images_per_prompt", "min_snr_gamma": "min_snr_gamma",
+    "max_checkpoints": "max_checkpoints", "clip_skip": "clip_skip", "center_crop": "data_loader.center_crop",
+    "scale_lr": "scale_lr", "mixed_precision": "mixed_precision", "optimizer": "optimizer.optimizer_type",
+    "lr_scheduler": "lr_scheduler", "learnable_property": "data_loader.caption_preset", "save_format": "save_format",
+    "gradient_checkpointing": "gradient_checkpointing",
+}
+
+
+def config_to_form(path: str) -> tuple[dict, list[str]]:
+    """A YAML config's values for the form's fields (validated first), and the fields it sets that the
+    form cannot show (they would not be trained from the form)."""
+    from tiforge.config.dotted import MISSING, lookup
+    from tiforge.config.loading import load_config
+    from tiforge.config.placeholder_flag import format_placeholder
+
+    config = load_config(path)
+    data = config.model_dump(mode="json", exclude_unset=True)
+    values = {}
+    for key, where in _FORM_OF_CONFIG.items():
+        value = lookup(data, where)
+        if value is not MISSING and value is not None:
+            values[key] = value if isinstance(value, bool) else str(value)
+    if config.validation_prompts:
+        values["validation_prompt"] = config.validation_prompts[0]
+    values["more_embeddings"] = "; ".join(format_placeholder(e.model_dump()) for e in config.additional_embeddings)
+    shown = set(_FORM_OF_CONFIG.values()) | {"validation_prompts", "additional_embeddings", "type", "report_to",
+                                             "data_loader.type"}
+    if lookup(data, "data_loader.dataset.type") in (MISSING, "IMAGE_DIR_DATASET"):
+        shown.add("data_loader.dataset.type")  # the form's data is a folder of pictures, captioned by templates
+    left_out = sorted(p for p in _dotted_paths(data) if p not in shown)
+    return values, left_out
+
+
+def _dotted_paths(data: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        out += _dotted_paths(value, path + ".") if isinstance(value, dict) and value else [path]
+    return out
 
 
 class TrainerUI(App):
@@ -181,7 +238,8 @@ class TrainerUI(App):
     Sparkline { height: 4; }
     """
     BINDINGS = [Binding("ctrl+n", "app.focus_next", "Next field"), Binding("ctrl+p", "app.focus_previous", "Previous"),
-                Binding("ctrl+s", "save", "Save config"), Binding("ctrl+q", "quit", "Quit")]
+                Binding("ctrl+s", "save", "Save config"), Binding("ctrl+o", "load", "Load config"),
+                Binding("ctrl+q", "quit", "Quit")]
 
     def __init__(self, prefs_path: Path | None = None, models: list[str] | None = None):
         super().__init__()
@@ -316,6 +374,23 @@ class TrainerUI(App):
         self.saved_config = path
         self.notify(f"saved {path}; run it with: tiforge train {path}")
 
+    def action_load(self) -> None:
+        """The YAML file named in "YAML config to load" into the form (the additional embeddings too)."""
+        path = self.query_one("#load_path", Input).value.strip()
+        try:
+            values, left_out = config_to_form(path)
+        except (ConfigError, OSError) as err:
+            self.notify(str(err), severity="error")
+            return
+        for key, value in values.items():
+            widget = self.query_one(f"#{key}")
+            try:
+                widget.value = value
+            except Exception:  # noqa: BLE001 - a Select refuses a value it does not offer (e.g. an optimizer)
+                left_out.append(_FORM_OF_CONFIG.get(key, key))
+        self.notify(f"loaded {path}" + (f"; the form has no place for: {', '.join(left_out)}" if left_out else ""))
+        self.validate_form()
+
     @on(Button.Pressed, "#save")
     def _save_pressed(self) -> None:
         self.action_save()
@@ -336,7 +411,8 @@ class TrainerUI(App):
         self.losses = []
         self.query_one("#start", Button).disabled = True
         self.query_one("#stop", Button).disabled = False
-        self.query_one("#progress", Static).update("loading the model ...")
+        self.tokens = ", ".join(config.all_placeholder_tokens)
+        self.query_one("#progress", Static).update(f"loading the model ... (embeddings: {self.tokens})")
         self.started = time.monotonic()
         self.run_worker(lambda: self._train(config), thread=True, exclusive=True)
 
@@ -348,7 +424,8 @@ class TrainerUI(App):
 
         try:
             self.result = train(config, progress=False, stop_event=self.stop_event, listener=self._hear)
-            self.call_from_thread(self._finish, "finished", f"done: {self.result.embedding_path}")
+            files = "\n      ".join(map(str, self.result.embedding_paths or [self.result.embedding_path]))
+            self.call_from_thread(self._finish, "finished", f"done: {files}")
         except TrainingStopped as err:
             self.call_from_thread(self._finish, "stopped", str(err))
         except Exception as err:  # shown in the UI; the form stays for another try
@@ -369,6 +446,7 @@ class TrainerUI(App):
         self.query_one("#progress", Static).update(
             f"step {info.step}/{info.max_steps}   loss {info.loss:.4f}   lr {info.lr:.2e}   "
             f"{1 / max(info.seconds, 1e-9):.2f} it/s   time left {time.strftime('%H:%M:%S', time.gmtime(left))}"
+            f"\nembeddings: {self.tokens}"
         )
         self.query_one("#loss", Sparkline).data = self.losses[-200:]
         folders = sorted(Path(info.run_dir).glob("validation/*/grid.png"), key=lambda p: p.stat().st_mtime)

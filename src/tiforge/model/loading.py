@@ -213,6 +213,12 @@ def load_sd_components(model: str, hf_variant: str | None = None, single_file_co
     import torch
     from tqdm.auto import tqdm
 
+    from tiforge.model import reuse
+
+    key = (model, hf_variant, single_file_config, str(dtype), sdxl, vae_model, str(vae_dtype))
+    kept = reuse.reused(key)  # a queue of runs (train-many) loads the model once
+    if kept is not None:
+        return kept
     total = (7 if sdxl else 5) + (vae_model is not None)
     with tqdm(total=total, desc="loading model", disable=not progress, dynamic_ncols=True) as bar:
         parts = _load(model, hf_variant, single_file_config, sdxl, bar, _part_dtypes(dtype, vae_dtype))
@@ -228,7 +234,7 @@ def load_sd_components(model: str, hf_variant: str | None = None, single_file_co
         wanted = vae_dtype if module is parts.vae and vae_dtype is not None else dtype
         if module.dtype != wanted:
             module.to(dtype=wanted)
-    return parts
+    return reuse.keep(key, parts)
 
 
 def _single_file_vae(path: Path, like):

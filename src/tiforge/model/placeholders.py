@@ -147,7 +147,11 @@ def check_width(file_width: int, model_width: int, name: str) -> None:
 
 
 class PlaceholderEmbedding(nn.Module):
-    """Token embedding: frozen vocabulary rows below `first_id`, trainable `vectors` from it on."""
+    """Token embedding: frozen vocabulary rows below `first_id`, trainable vectors from it on.
+
+    `vectors` are the first placeholder's rows; each further placeholder of the run (added with
+    `append`, its ids right after) gets its own Parameter in `more`, so that it can have its own
+    learning rate and be frozen on its own."""
 
     def __init__(self, base: nn.Embedding, vectors: torch.Tensor, first_id: int):
         super().__init__()
@@ -156,6 +160,20 @@ class PlaceholderEmbedding(nn.Module):
         self.base = base
         self.first_id = first_id
         self.vectors = nn.Parameter(vectors.detach().float().clone())
+        self.more = nn.ParameterList()
+
+    def append(self, vectors: torch.Tensor, first_id: int) -> nn.Parameter:
+        expected = self.first_id + sum(block.shape[0] for block in self.blocks)
+        if first_id != expected:
+            raise TokenError(f"placeholder ids start at {first_id}, expected {expected}: the tokenizer had unexpected "
+                             "added tokens")
+        self.more.append(nn.Parameter(vectors.detach().float().clone()))
+        return self.more[-1]
+
+    @property
+    def blocks(self) -> list[nn.Parameter]:
+        """Every placeholder's vectors, in token-id order."""
+        return [self.vectors, *self.more]
 
     @property
     def weight(self) -> torch.Tensor:
@@ -170,7 +188,8 @@ class PlaceholderEmbedding(nn.Module):
         # No data-dependent branch: keeps the step free of device syncs and graph breaks.
         is_new = (input_ids >= self.first_id).unsqueeze(-1)
         frozen = self.base(input_ids.clamp(max=self.first_id - 1))
-        learned = nn.functional.embedding((input_ids - self.first_id).clamp(min=0), self.vectors)
+        table = torch.cat(self.blocks) if len(self.more) else self.vectors
+        learned = nn.functional.embedding((input_ids - self.first_id).clamp(min=0), table)
         return torch.where(is_new, learned.to(frozen.dtype), frozen)
 
 

@@ -49,7 +49,8 @@ class PromptEncoder(nn.Module):
         self.tokenizers = [tok for _, tok, _ in encoders]
         self.text_encoders = nn.ModuleList([enc for _, _, enc in encoders])
         self.sdxl = sdxl
-        self.placeholder: Placeholder | None = None
+        self.placeholder: Placeholder | None = None  # the first (the run's main embedding)
+        self.placeholders: list[Placeholder] = []  # all of them, in the order they were added
         # What the UNet reads. The trainable vectors are float32, so the encoders' output can be
         # float32 even when the UNet runs in bf16/fp16; this is the one place that casts it.
         self.output_dtype: torch.dtype | None = None
@@ -66,22 +67,33 @@ class PromptEncoder(nn.Module):
     # -- the placeholder --------------------------------------------------------------------------
 
     def add_placeholder(self, token: str, vectors: dict[str, torch.Tensor]) -> Placeholder:
-        """Adds the placeholder's tokens to every tokenizer and splices in its trainable vectors."""
+        """Adds the placeholder's tokens to every tokenizer and splices in its trainable vectors; a
+        second call adds a further placeholder (its own Parameter, ids right after the last)."""
         placeholders = [add_placeholder(tok, token, vectors[name].shape[0]) for name, tok in zip(self.names, self.tokenizers)]
         for name, encoder, placeholder in zip(self.names, self.text_encoders, placeholders):
-            install_placeholder_embedding(encoder, placeholder, vectors[name].to(encoder.device))
-        self.placeholder = placeholders[0]  # captions only need the token names, the same in every tokenizer
-        return self.placeholder
+            if self.placeholders:
+                encoder.get_input_embeddings().append(vectors[name].to(encoder.device), placeholder.ids[0])
+            else:
+                install_placeholder_embedding(encoder, placeholder, vectors[name].to(encoder.device))
+        # captions only need the token names, the same in every tokenizer
+        self.placeholders.append(placeholders[0])
+        self.placeholder = self.placeholders[0]
+        return placeholders[0]
 
     @property
     def embeddings(self) -> list[PlaceholderEmbedding]:
         return [enc.get_input_embeddings() for enc in self.text_encoders]
 
-    def trainable(self) -> list[nn.Parameter]:
-        return [emb.vectors for emb in self.embeddings]
+    def parameters_of(self, index: int) -> list[nn.Parameter]:
+        """The `index`-th placeholder's vectors, one Parameter per text encoder."""
+        return [emb.blocks[index] for emb in self.embeddings]
 
-    def vectors(self) -> dict[str, torch.Tensor]:
-        return {name: emb.vectors.detach() for name, emb in zip(self.names, self.embeddings)}
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for index in range(max(1, len(self.placeholders))) for p in self.parameters_of(index)]
+
+    def vectors(self, index: int = 0) -> dict[str, torch.Tensor]:
+        """The `index`-th placeholder's vectors per text encoder (the first by default)."""
+        return {name: p.detach() for name, p in zip(self.names, self.parameters_of(index))}
 
     def vectors_of(self, embedding, label: str = "embedding") -> dict[str, torch.Tensor]:
         """An embedding file's vectors keyed by this model's encoders; refuses the other family's and
@@ -99,17 +111,19 @@ class PromptEncoder(nn.Module):
             check_width(vectors[name].shape[1], width, f"{label} [{name}]" if self.sdxl else label)
         return {name: v.float() for name, v in vectors.items()}
 
-    def file_vectors(self) -> torch.Tensor | dict[str, torch.Tensor]:
+    def file_vectors(self, index: int = 0) -> torch.Tensor | dict[str, torch.Tensor]:
         """What an embedding file stores: one tensor (SD) or `clip_l` + `clip_g` (SDXL)."""
-        vectors = self.vectors()
+        vectors = self.vectors(index)
         return vectors if self.sdxl else vectors[self.names[0]]
 
     def vector_norms(self) -> dict[str, float]:
-        """Each learned vector's norm, keyed as the trackers log them."""
+        """Each learned vector's norm, keyed as the trackers log them (further placeholders by token)."""
         norms = {}
-        for name, vectors in self.vectors().items():
-            prefix = f"vector_norm/{name}/" if self.sdxl else "vector_norm/"
-            norms.update({f"{prefix}{i}": n for i, n in enumerate(vectors.float().norm(dim=1).tolist())})
+        for index in range(max(1, len(self.placeholders))):
+            token = f"{self.placeholders[index].token}/" if index else ""
+            for name, vectors in self.vectors(index).items():
+                prefix = f"vector_norm/{token}{name}/" if self.sdxl else f"vector_norm/{token}"
+                norms.update({f"{prefix}{i}": n for i, n in enumerate(vectors.float().norm(dim=1).tolist())})
         return norms
 
     @property
@@ -154,8 +168,15 @@ class PromptEncoder(nn.Module):
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prompts in users' words (placeholder unexpanded) -> conditioning."""
-        expand = self.placeholder.expand if self.placeholder else (lambda s: s)
-        return self(self.tokenize([expand(p) for p in prompts]))
+        return self(self.tokenize([expand_all(self.placeholders, p) for p in prompts]))
+
+
+def expand_all(placeholders: list[Placeholder], text: str) -> str:
+    """Every placeholder in `text` replaced by its vectors' tokens (tokens never contain each other:
+    the config refuses that)."""
+    for placeholder in placeholders:
+        text = placeholder.expand(text)
+    return text
 
 
 def conditioning_metadata(prompt_encoder: PromptEncoder) -> dict[str, str]:

@@ -51,10 +51,11 @@ def restore_rng(state: dict) -> None:
 def save_checkpoint(
     run_dir: Path, kind: str, index: int, token: str, vectors: torch.Tensor, metadata: dict,
     max_checkpoints: int | None, state: dict | None = None, config_yaml: str | None = None,
-    folder: Path | None = None, siblings: str | None = None, **save_options,
+    folder: Path | None = None, siblings: str | None = None, more_embeddings=(), **save_options,
 ) -> Path:
     """Write `folder` (default `checkpoints/checkpoint-{kind}_{index}`); only then drop the oldest of
-    the checkpoints matching `siblings` (a glob under run_dir; default: those of the same kind)."""
+    the checkpoints matching `siblings` (a glob under run_dir; default: those of the same kind).
+    `more_embeddings`: (file name, token, vectors) of the run's further embeddings, saved beside the first."""
     final = folder or run_dir / "checkpoints" / f"checkpoint-{kind}_{index:08d}"
     tmp = final.parent / f".{final.name}.tmp"
     if tmp.exists():
@@ -62,6 +63,8 @@ def save_checkpoint(
     extension = save_options.pop("extension", "safetensors")
     file_name = save_options.pop("file_name", None) or embedding_file_name(token, extension)
     save_embedding(tmp / file_name, token, vectors, metadata, **save_options)
+    for other_name, other_token, other_vectors in more_embeddings:
+        save_embedding(tmp / other_name, other_token, other_vectors, metadata, **save_options)
     if state is not None:
         atomic_write(tmp / STATE_FILE, lambda p: torch.save(state, str(p)))
         position = {k: state[k] for k in ("global_step", "epoch", "batches_in_epoch")}
@@ -175,6 +178,8 @@ def changed_vector_count(state: dict, config) -> list[str]:
 
 
 def incompatible_fields(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    if not prefix:  # checkpoints from before several embeddings per run held only the first
+        saved = {"additional_embeddings": [], **saved}
     out = []
     for key in sorted(set(saved) | set(current)):
         if key in RESUMABLE_CHANGES:

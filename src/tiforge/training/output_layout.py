@@ -88,6 +88,15 @@ class OutputPlan:
         return self.run_dir / ("" if self.layout == "kohya" else "embeddings") / f"{name}.{self.extension}"
 
 
+    def for_additional(self, token: str) -> "OutputPlan":
+        """Where a further embedding of the run goes: `<token>.<ext>` beside the first one (run folders,
+        kohya); in the diffusers layouts its own `<token>/learned_embeds.<ext>`, the folder
+        `load_textual_inversion` takes. Checkpoints stay the first plan's (each holds every embedding)."""
+        stem = Path(embedding_file_name(token, self.extension)).stem
+        folder = self.run_dir / stem if self.layout in ("diffusers", "invokeai") else self.run_dir
+        return OutputPlan(self.layout, folder, stem, self.extension)
+
+
 def plan_outputs(config, placeholder: str, run_dir: Path) -> OutputPlan:
     layout = config.output_layout
     extension = config.save_model_as

@@ -27,7 +27,7 @@ from tiforge.config.schema import TrainingConfig
 from tiforge.config.loading import dump_config
 from tiforge.data.checks import apply_policy, scan_records
 from tiforge.data.dataset import TextualInversionDataset, auto_num_workers, make_dataloader
-from tiforge.data.captions import Captioner, check_captions_hold_placeholder
+from tiforge.data.captions import Captioner, check_captions_hold_placeholder, check_every_token_trained
 from tiforge.data.latent_cache import cache_vae_outputs, default_cache_dir, plan_caching, release_vae
 from tiforge.data.regularization import loss_weights
 from tiforge.data.sources import apply_kohya_dataset_settings, find_records
@@ -41,6 +41,7 @@ from tiforge.model.text_conditioning import conditioning_metadata, unet_conditio
 from tiforge.training import events
 from tiforge.training.acceleration import unet_runner
 from tiforge.training.checkpoints import capture_rng, load_training_state, restore_rng
+from tiforge.training.embedding_set import EmbeddingSet
 from tiforge.training.interrupts import StopRequests, TrainingStopped, resume_command
 from tiforge.training.machine import fit_to_machine
 from tiforge.training.model_setup import DTYPES, prepare_frozen_model, starting_vectors
@@ -54,7 +55,7 @@ from tiforge.training.retention import prune_old_saves
 from tiforge.training.resume import check_resumable, remove_stale_temporaries, resume_point
 from tiforge.training.progress import TrainingBar, progress_bar
 from tiforge.training.run_folders import check_output_space, estimate_output_bytes, log_to_run_dir
-from tiforge.training.saving import RunFiles
+from tiforge.training.saving import RunFiles, VectorsByToken
 from tiforge.training.sampling import SamplePictures
 from tiforge.training.run_guard import RunFolderLock, RunRecord, record_failure
 from tiforge.training.start_checks import check_caption_lengths, token_window, warn_nothing_left, warn_vector_count
@@ -67,11 +68,12 @@ log = logging.getLogger("tiforge")
 @dataclass
 class TrainResult:
     run_dir: Path
-    embedding_path: Path
+    embedding_path: Path  # the first embedding's
     global_step: int
     final_loss: float | None
     validation_dirs: list[Path] = field(default_factory=list)
     checkpoint_dirs: list[Path] = field(default_factory=list)
+    embedding_paths: list[Path] = field(default_factory=list)  # every embedding's final file, the first first
 
 
 def train(config: TrainingConfig, progress: bool = True, listener: events.Listener | None = None,
@@ -175,7 +177,7 @@ class Recipe:
         self.scan = scan_records(records, dl.height_width, config.use_masks,
                                  progress=progress_bar("checking data", self.main and self.progress))
         self.records = apply_policy(self.scan, dl.on_bad_image)
-        check_captions_hold_placeholder(self.records, config.placeholder_token, dl.uses_templates)
+        check_captions_hold_placeholder(self.records, config.all_placeholder_tokens, dl.uses_templates)
         self.cache_plan = plan_caching(config, self.records)
 
     def _setup_model(self) -> None:
@@ -194,14 +196,16 @@ class Recipe:
         if not self.state:
             warn_vector_count(self.config, self.num_vectors)
         placeholder = self.prompt_encoder.add_placeholder(self.config.placeholder_token, vectors)
-        self.placeholders = [placeholder]
+        self.embedding_set = EmbeddingSet.add_to(self.prompt_encoder, self.config, self.parts, self.state)
+        self.placeholders = list(self.prompt_encoder.placeholders)
         self.trainable = self.prompt_encoder.trainable()
         log.info("placeholder %r -> %d vector(s), token ids %s", placeholder.token, self.num_vectors,
                  list(placeholder.ids))
 
     def _setup_dataset(self) -> None:
         config, dl, parts = self.config, self.config.data_loader, self.parts
-        self.dataset = TextualInversionDataset(self.records, dl, Captioner(dl, self.placeholders[0]),
+        check_every_token_trained(self.records, self.placeholders, dl.uses_templates)
+        self.dataset = TextualInversionDataset(self.records, dl, Captioner(dl, *self.placeholders),
                                                self.prompt_encoder.tokenizers, seed=self.seed,
                                                sizes=self.scan.sizes, use_masks=config.use_masks,
                                                max_token_length=config.max_token_length)
@@ -228,7 +232,7 @@ class Recipe:
         self.max_steps = config.max_train_steps or config.max_train_epochs * self.updates_per_epoch
         self.num_epochs = math.ceil(self.max_steps / self.updates_per_epoch)
         self.lr = scaled_learning_rate(config, processes)
-        optimizer = build_optimizer(config, self.trainable, self.lr)
+        optimizer = build_optimizer(config, self.embedding_set.param_groups(self.lr / config.learning_rate), self.lr)
         lr_scheduler = build_lr_scheduler(config, optimizer, self.max_steps, processes)
         self.text_model, self.optimizer, self.dataloader, self.lr_scheduler = accelerator.prepare(
             self.prompt_encoder, optimizer, self.dataloader, lr_scheduler
@@ -329,6 +333,7 @@ class Recipe:
         """One batch: latents, noise, the denoising loss through the frozen UNet, backward into the
         placeholder vectors. Returns the detached loss."""
         parts, device = self.parts, self.device
+        self.embedding_set.freeze_due(self.global_step, self.optimizer)  # additional embeddings' stop_after_steps
         if "latent_params" in batch:
             params = batch["latent_params"].to(device)
         else:
@@ -418,15 +423,17 @@ class Recipe:
 
     # ------------------------------------------------------------------------ saving, validating
 
-    def current_vectors(self) -> torch.Tensor | dict[str, torch.Tensor]:
-        return self.accelerator.unwrap_model(self.text_model).file_vectors()
+    def current_vectors(self) -> VectorsByToken:
+        """Every embedding's vectors as its file stores them, keyed by token, the first first."""
+        return self.embedding_set.file_vectors(self.accelerator.unwrap_model(self.text_model))
 
     @with_averaged_weights
     def save_embedding(self) -> None:
         if self.main:
-            path = self.files.embedding(self.current_vectors(), self.global_step)
-            log.info("embedding saved: %s", path)
-            self.emit(events.FileWritten("embedding", str(path)))
+            self.result.embedding_paths = self.files.embedding(self.current_vectors(), self.global_step)
+            for path in self.result.embedding_paths:
+                log.info("embedding saved: %s", path)
+                self.emit(events.FileWritten("embedding", str(path)))
         self.accelerator.wait_for_everyone()
 
     def training_state(self) -> dict:
@@ -439,7 +446,7 @@ class Recipe:
             "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "noise": self.noise.state_dict().cpu(), "rng": capture_rng(),
-            "config": self.resolved.model_dump(mode="json"),
+            "config": self.resolved.model_dump(mode="json"), **self.embedding_set.state(),
         }
 
     @with_averaged_weights
@@ -507,19 +514,20 @@ class Recipe:
 
     def finish(self) -> None:
         config, main = self.config, self.main
-        check_ranks_agree(self.accelerator, torch.cat([v.flatten() for v in self.prompt_encoder.vectors().values()]))
+        check_ranks_agree(self.accelerator, torch.cat([v.flatten() for v in self.prompt_encoder.trainable()]))
         self.save_embedding()
         # kohya's script ends with `if save_state or save_state_on_train_end`: its users expect <name>-state/
         if config.save_state_on_train_end or (self.plan.layout == "kohya" and config.save_state):
             self.save_checkpoint("end", self.global_step)
+        tokens_and_files = list(zip(self.embedding_set.tokens, self.result.embedding_paths))
         if main and self.plan.layout in ("diffusers", "invokeai"):
-            for path, text in diffusers_concept_files(self.run_dir, self.placeholders[0].token,
-                                                      config.data_loader.caption_preset):
-                atomic_write_text(path, text + "\n")
+            for token, final in tokens_and_files:
+                for path, text in diffusers_concept_files(final.parent, token, config.data_loader.caption_preset):
+                    atomic_write_text(path, text + "\n")
         if main and config.install_embeddings_root:
-            installed = install_for_invokeai(self.result.embedding_path, config.install_embeddings_root,
-                                             self.placeholders[0].token)
-            log.info("installed for InvokeAI: %s", installed)
+            for token, final in tokens_and_files:
+                installed = install_for_invokeai(final, config.install_embeddings_root, token)
+                log.info("installed for InvokeAI: %s", installed)
         self.validate("final")
         self.accelerator.end_training()
         if main and config.push_to_hub:

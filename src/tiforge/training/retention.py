@@ -40,9 +40,11 @@ def prune_old_saves(plan: OutputPlan, config, kind: str, now: int) -> list[Path]
     removed: list[Path] = []
     if every is None or (files_n is None and state_n is None):
         return removed
-    here = plan.snapshot(kind, now).parent
-    if files_n is not None:
-        for path, i in _saves(here, lambda p, i: p.is_file() and plan.snapshot(kind, i) == p):
+    # every embedding of the run has its snapshots (additional_embeddings: beside the first's or in its folder)
+    plans = [plan, *(plan.for_additional(e.placeholder_token) for e in getattr(config, "additional_embeddings", []))]
+    for each in plans if files_n is not None else []:
+        here = each.snapshot(kind, now).parent
+        for path, i in _saves(here, lambda p, i, each=each: p.is_file() and each.snapshot(kind, i) == p):
             if i != now and not _kept(kind, i, now, every, files_n):
                 path.unlink(missing_ok=True)
                 removed.append(path)
