@@ -26,9 +26,10 @@ def token_text(tokenizer, token_id: int) -> str:
     if int(token_id) >= tokenizer.vocab_size:
         return token
     try:
-        return tokenizer.convert_tokens_to_string([token]).strip() or token.replace("</w>", "")
+        text = tokenizer.convert_tokens_to_string([token])
     except (KeyError, ValueError, TypeError):
-        return token.replace("</w>", "")
+        text = token
+    return text.replace("</w>", " ").strip() or token
 
 
 @dataclass(frozen=True)
