@@ -21,7 +21,7 @@ def nearest_tokens(vectors: torch.Tensor, table: torch.Tensor, k: int) -> list[l
 
 def token_text(tokenizer, token_id: int) -> str:
     """A token as a reader sees it: its bytes decoded (CLIP's BPE stores "…" as "âĢ¦"), the end-of-word
-    mark `</w>` dropped; an added token (a placeholder's) as it is."""
+    mark `</w>` dropped; an added token (a placeholder's) or a piece of a character as it is spelled."""
     token = tokenizer.convert_ids_to_tokens(int(token_id))
     if int(token_id) >= tokenizer.vocab_size:
         return token
@@ -29,7 +29,9 @@ def token_text(tokenizer, token_id: int) -> str:
         text = tokenizer.convert_tokens_to_string([token])
     except (KeyError, ValueError, TypeError):
         text = token
-    return text.replace("</w>", " ").strip() or token
+    text = text.replace("</w>", " ").strip()
+    # a token holding part of a multi-byte character decodes to U+FFFD: its BPE spelling says more
+    return token if not text or "\ufffd" in text else text
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,7 @@ class Recipe:
         self.main = self.accelerator.is_main_process
         self.device = self.accelerator.device
         self.report = RunReport(self)  # report.html and metrics.jsonl: it hears the events, refreshes when called
-        self.emit = events.fan_out(self.emit, self.report.hear)
+        self.emit = events.fan_out(self.report.hear, self.emit)  # the report is complete when "done" goes out
         if self.main:
             self.record.lock = RunFolderLock(self.run_dir).acquire()
             log_to_run_dir(self.run_dir)
