@@ -12,6 +12,7 @@ import logging
 import re
 import statistics
 import time
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,7 +35,9 @@ class RunReport:
     """Reads the recipe's state (config, model, data, files) only when it refreshes."""
 
     def __init__(self, recipe):
-        self.recipe = recipe
+        # Weak: the recipe holds the report, and a cycle would keep the finished run (its model, its
+        # data loader's worker processes) alive until a garbage collection, or hang the exit on them.
+        self.recipe = weakref.proxy(recipe)
         self.run_dir = Path(recipe.run_dir)
         self.on = bool(recipe.main)  # one process writes the report
         self.created = time.perf_counter()

@@ -3,8 +3,35 @@
 from __future__ import annotations
 
 import io
+import threading
+from typing import Callable
 
 from tiforge.embeddings.vocabulary import NormRange
+
+
+def on_own_thread(draw: Callable[..., bytes]) -> Callable[..., bytes]:
+    """Draw on a short-lived thread. matplotlib's first use parses font settings with pyparsing, whose
+    exceptions keep their tracebacks in reference cycles; drawn from the training loop, those frames
+    would hold the whole finished run (model, data loader workers) until a garbage collection - and
+    an interpreter exiting before one waits forever on the workers."""
+
+    def run(*args, **kwargs) -> bytes:
+        result: dict = {}
+
+        def target() -> None:
+            try:
+                result["png"] = draw(*args, **kwargs)
+            except BaseException as err:  # re-raised on the caller's thread
+                result["error"] = err
+
+        thread = threading.Thread(target=target, name="tiforge-report-plot")
+        thread.start()
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        return result["png"]
+
+    return run
 
 
 def _figure(rows: int, height: float):
@@ -35,6 +62,7 @@ def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
+@on_own_thread
 def loss_and_lr(steps: list[int], losses: list[float], lrs: list[float]) -> bytes:
     fig, (loss_ax, lr_ax) = _figure(2, 2.4)
     loss_ax.plot(steps, losses, color="#9ecae1", linewidth=0.8, label="loss")
@@ -50,6 +78,7 @@ def loss_and_lr(steps: list[int], losses: list[float], lrs: list[float]) -> byte
     return _png(fig)
 
 
+@on_own_thread
 def vector_norms(steps: list[int], norms: dict[str, list[list[float]]], labels: dict[str, list[str]],
                  ranges: dict[str, NormRange]) -> bytes:
     """One panel per text encoder: each vector's norm over the steps, over the band where the
