@@ -31,7 +31,7 @@ def token_text(tokenizer, token_id: int) -> str:
         text = token
     text = text.replace("</w>", " ").strip()
     # a token holding part of a multi-byte character decodes to U+FFFD: its BPE spelling says more
-    return token if not text or "\ufffd" in text else text
+    return token.replace("</w>", "") if not text or "\ufffd" in text else text
 
 
 @dataclass(frozen=True)
