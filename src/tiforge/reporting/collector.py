@@ -25,6 +25,7 @@ from tiforge.reporting.images import data_uri, file_uri
 from tiforge.reporting.page import render
 from tiforge.reporting.vectors import VectorWatch
 from tiforge.training import events
+from tiforge.training.start_checks import token_window
 
 log = logging.getLogger("tiforge")
 
@@ -110,12 +111,9 @@ class RunReport:
     def _context(self, moment: str) -> dict:
         recipe, config = self.recipe, self.recipe.config
         rows = self.metrics.rows
-        names = list(self.watch.ranges)
-        labels = {name: self.watch.labels(len(rows[-1]["norms"][name]) if rows else len(self._last_norms(name)))
-                  for name in names}
+        # the snapshot this refresh just took has every encoder's vectors as they are now
+        labels = {name: self.watch.labels(len(norms)) for name, norms in self.snapshots.rows[-1]["norms"].items()}
         if self.summary is None:
-            from tiforge.training.start_checks import token_window
-
             self.summary = summarize(recipe.dataset, recipe.placeholders, token_window(config.max_token_length))
         return {
             "title": ", ".join(p.token for p in recipe.placeholders) or "run",
@@ -130,9 +128,6 @@ class RunReport:
             "data": self.summary, "config_yaml": getattr(recipe, "resolved_yaml", ""),
             "timings": self._timings(), "files": run_files(recipe, self.written),
         }
-
-    def _last_norms(self, name: str) -> list[float]:
-        return self.snapshots.rows[-1]["norms"][name]
 
     def _loss_plot(self, rows: list[dict]) -> str | None:
         if not rows:
