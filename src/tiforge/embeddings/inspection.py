@@ -68,14 +68,7 @@ def _vocabulary_tables(model: str, single_file_config: str | None) -> dict:
 
 
 def _nearest(vectors, table, tokenizer, k: int) -> list[str]:
-    import torch  # only with --model, which has loaded the model's torch modules already
+    from tiforge.embeddings.vocabulary import nearest_tokens, token_text  # torch: only with --model
 
-    sims = torch.nn.functional.normalize(vectors.float(), dim=1) @ torch.nn.functional.normalize(table.float(), dim=1).T
-    lines = []
-    for i, row in enumerate(sims):
-        top = row.topk(k)
-        words = ", ".join(
-            f"{tokenizer.convert_ids_to_tokens(int(j)).replace('</w>', '')} ({s:.2f})" for s, j in zip(top.values, top.indices)
-        )
-        lines.append(f"  nearest to vector {i}: {words}")
-    return lines
+    return [f"  nearest to vector {i}: " + ", ".join(f"{token_text(tokenizer, j)} ({s:.2f})" for j, s in row)
+            for i, row in enumerate(nearest_tokens(vectors, table, k))]

@@ -38,6 +38,7 @@ from tiforge.model.loss import LossSettings, NoiseSource, denoising_loss, sample
 from tiforge.model.noise import NoiseSettings, draw_training_noise
 from tiforge.model.placeholders import Placeholder
 from tiforge.model.text_conditioning import conditioning_metadata, unet_conditioning
+from tiforge.reporting import RunReport
 from tiforge.training import events
 from tiforge.training.acceleration import unet_runner
 from tiforge.training.checkpoints import capture_rng, load_training_state, restore_rng
@@ -154,6 +155,8 @@ class Recipe:
         fp16_autocast_on_cpu(self.accelerator)
         self.main = self.accelerator.is_main_process
         self.device = self.accelerator.device
+        self.report = RunReport(self)  # report.html and metrics.jsonl: it hears the events, refreshes when called
+        self.emit = events.fan_out(self.report.hear, self.emit)  # the report is complete when "done" goes out
         if self.main:
             self.record.lock = RunFolderLock(self.run_dir).acquire()
             log_to_run_dir(self.run_dir)
@@ -485,6 +488,7 @@ class Recipe:
             self.result.validation_dirs.append(out_dir)
             log.info("validation images: %s", out_dir)
             self.emit(events.FileWritten("validation", str(out_dir)))
+            self.report.refresh(label, out_dir)
         self.accelerator.wait_for_everyone()
 
     def sample(self, epoch: int | None) -> None:
@@ -507,6 +511,7 @@ class Recipe:
         path = self.save_checkpoint("step", self.global_step)
         self.save_embedding()
         self.accelerator.end_training()
+        self.report.refresh("stopped")
         raise TrainingStopped(f"{message}\nSaved step {self.global_step}: {self.result.embedding_path}\n"
                               f"To go on: {resume_command(path, self.run_dir)}", exit_code)
 
