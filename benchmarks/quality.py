@@ -26,7 +26,6 @@ sample standard deviation over seeds (seed k: training seed k, pictures drawn wi
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
