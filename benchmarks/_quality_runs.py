@@ -85,8 +85,13 @@ def diffusers_command(script: Path, line: list[str]) -> list[str]:
 
 
 def tiforge_command(line: list[str], overrides: list[str]) -> list[str]:
+    """tiforge on the shared line with the variant's `--set` overrides. Flags outrank `--set` in
+    tiforge, so a flag of the line that an override names (by its last dotted name, as flags name
+    config fields) leaves the line: the variant's value is the one trained with."""
+    named = {o.split("=", 1)[0].rsplit(".", 1)[-1] for o in overrides}
+    pairs = [(flag, value) for flag, value in zip(line[::2], line[1::2]) if flag.removeprefix("--") not in named]
     sets = [arg for override in overrides for arg in ("--set", override)]
-    return ["tiforge", "train", "-q", *line, *sets]
+    return ["tiforge", "train", "-q", *(arg for pair in pairs for arg in pair), *sets]
 
 
 def saved_embeddings(out: Path, steps: list[int]) -> dict[int, Path]:

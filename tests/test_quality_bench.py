@@ -87,6 +87,10 @@ def test_variants_are_set_overrides():
         with pytest.raises(ValueError):
             qr.parse_variant(bad)
     assert qr.tiforge_command(["--seed", "0"], ["a=1"]) == ["tiforge", "train", "-q", "--seed", "0", "--set", "a=1"]
+    # flags outrank --set in tiforge: an overridden field leaves the shared line
+    line = ["--learning_rate", "0.01", "--seed", "0"]
+    assert qr.tiforge_command(line, ["optimizer.learning_rate=1e-3"]) == [
+        "tiforge", "train", "-q", "--seed", "0", "--set", "optimizer.learning_rate=1e-3"]
 
 
 def test_one_run_saves_at_every_budget_with_the_issue_settings(tmp_path):
