@@ -158,6 +158,17 @@ def measure(args, work: Path) -> dict:
     return result
 
 
+def merged(results: list[dict]) -> dict:
+    """Several saved results as one (e.g. variants measured after the baseline): the first file's
+    start, words and probes (the same in every file: one model, one generation seed), all the rows."""
+    out = dict(results[0], records=list(results[0]["records"]), timings=list(results[0]["timings"]))
+    for other in results[1:]:
+        out["records"] += [r for r in other["records"] if r["method"] != START]
+        out["timings"] += other["timings"]
+        out["seeds"] = max(out["seeds"], other["seeds"])
+    return out
+
+
 def report(result: dict) -> str:
     records, compositions = result["records"], result["compositions"]
     labels = list(dict.fromkeys(r["method"] for r in records if r["method"] not in (START, DIFFUSERS)))
@@ -189,10 +200,11 @@ def main() -> None:
                              'norm="preserve_embedding_norm=true"; repeatable (default: baseline=)')
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/quality.json"),
                         help="results so far, rewritten after each run")
-    parser.add_argument("--table-from", type=Path, help="print the tables of a saved --json file and exit")
+    parser.add_argument("--table-from", type=Path, nargs="+", metavar="JSON",
+                        help="print the tables of saved --json files (several: their rows together) and exit")
     args = parser.parse_args()
     if args.table_from:
-        print(report(json.loads(args.table_from.read_text())))
+        print(report(merged([json.loads(p.read_text()) for p in args.table_from])))
         return
     try:
         args.variants = [parse_variant(v) for v in args.variant or ["baseline="]]

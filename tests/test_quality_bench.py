@@ -109,3 +109,16 @@ def test_one_run_saves_at_every_budget_with_the_issue_settings(tmp_path):
         200: tmp_path / "learned_embeds-steps-200.safetensors", 400: tmp_path / "learned_embeds.safetensors"}
     with pytest.raises(FileNotFoundError, match="step 80"):
         qr.saved_embeddings(tmp_path, [0, 80, 400])
+
+
+def test_saved_results_merge_into_one_table_with_one_start():
+    import quality
+
+    first = {"seeds": 3, "records": records(), "timings": [{"seed": 0}], "words": {}, "probes": {}}
+    later = {"seeds": 1, "timings": [{"seed": 0}], "records": [
+        dict(records()[0]), {"method": "tiforge norm", "seed": 0, "step": 60, "identity": 1.0, "editability": 0.5,
+                             "dark striped": 1.0}]}
+    both = quality.merged([first, later])
+    assert [r["method"] for r in both["records"]].count(qt.START) == 1
+    assert both["seeds"] == 3 and len(both["timings"]) == 2 and len(first["records"]) == 5
+    assert "| 60 | tiforge norm | 1.00 | 0.50 | 1.00 |" in qt.detailed(both["records"], ["dark striped"])
