@@ -12,6 +12,7 @@ from typing import Any, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from tiforge.config.data_schema import StrictModel, TextualInversionSDDataLoaderConfig
+from tiforge.config.learning_schema import LearningMethodsConfig
 from tiforge.config.optimizer_schema import (MAX_LEARNING_RATE, AdamWOptimizerConfig, NamedOptimizerConfig,  # noqa: F401
                                              OptimizerConfig, ProdigyOptimizerConfig, canonical_optimizer_name)
 
@@ -45,7 +46,7 @@ LrScheduler = Literal[
 # --------------------------------------------------------------------------------------- config
 
 
-class SdTextualInversionConfig(StrictModel):
+class SdTextualInversionConfig(LearningMethodsConfig, StrictModel):
     # invoke-training has used both spellings over its releases; both mean the same pipeline.
     type: Literal["SD_TEXTUAL_INVERSION", "TEXTUAL_INVERSION_SD"] = "SD_TEXTUAL_INVERSION"
 

@@ -1,8 +1,8 @@
 """kohya's noise and timestep options: offset noise (with its adaptive and random strengths),
 multi-resolution (pyramid) noise, a timestep range, input perturbation, and the zero-terminal-SNR
-schedule. Every random number comes from the run's seeded `NoiseSource`, so a run with these options
-is as reproducible and exactly resumable as one without; with every option off the draws are the
-very ones tiforge made before they existed.
+schedule; and the SD3 trainers' logit-normal timestep sampling. Every random number comes from the
+run's seeded `NoiseSource`, so a run with these options is as reproducible and exactly resumable as
+one without; with every option off the draws are the very ones tiforge made before they existed.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ class NoiseSettings:
     max_timestep: int | None = None
     ip_noise_gamma: float | None = None
     ip_noise_gamma_random_strength: bool = False
+    timestep_sampling: str = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
 
     @classmethod
     def of(cls, config) -> "NoiseSettings":
@@ -73,12 +76,22 @@ def draw_training_noise(source, latents: torch.Tensor, settings: NoiseSettings, 
         noise = pyramid_noise(noise, settings.multires_noise_iterations, settings.multires_noise_discount, source)
     low = settings.min_timestep or 0
     high = num_train_timesteps if settings.max_timestep is None else settings.max_timestep
-    timesteps = source.timesteps(shape[0], high, low)
+    timesteps = draw_timesteps(source, shape[0], low, high, settings)
     input_noise = noise
     if settings.ip_noise_gamma:
         strength = _strength(source, settings.ip_noise_gamma, settings.ip_noise_gamma_random_strength)
         input_noise = noise + strength * source.randn(shape).to(latents.device, latents.dtype)
     return noise, input_noise, timesteps
+
+
+def draw_timesteps(source, batch: int, low: int, high: int, settings: NoiseSettings) -> torch.Tensor:
+    """Timesteps in [low, high): uniform, or logit-normal, i.e. low + (high - low) x sigmoid(a normal
+    number of mean logit_mean and spread logit_std), which draws mid-schedule timesteps most often
+    (the SD3 trainers' default). An empty range gives all `high`, as uniform does (kohya's rule)."""
+    if settings.timestep_sampling != "logit_normal" or low >= high:
+        return source.timesteps(batch, high, low)
+    share = torch.sigmoid(source.randn((batch,)) * settings.logit_std + settings.logit_mean)
+    return (low + (share * (high - low)).long()).clamp(max=high - 1)
 
 
 def rescale_zero_terminal_snr(noise_scheduler) -> None:

@@ -77,20 +77,25 @@ def initial_vectors(
     initial_embedding_file: str | None = None,
     placeholder_token: str | None = None,
     part: str | None = None,
+    text_encoder=None,
 ) -> torch.Tensor:
     """The starting vectors, [n, dim] in fp32, from exactly one of the three initializers.
 
     `num_vectors` applies to initializer_token; a phrase or a file brings its own count. `part`
-    names the SDXL text encoder (clip_l / clip_g) whose half of an SDXL embedding file to take."""
+    names the SDXL text encoder (clip_l / clip_g) whose half of an SDXL embedding file to take. Given
+    `text_encoder`, a token or phrase starts from that encoder's output for it (cross initialization)
+    instead of its rows of `table`."""
     dim = table.shape[1]
+    rows = (lambda ids: table[ids].float().clone()) if text_encoder is None else \
+        (lambda ids: encoder_output_rows(tokenizer, text_encoder, ids))
     if initializer_token is not None:
-        row = table[single_token_id(tokenizer, initializer_token, "initializer_token")]
-        return row.float().unsqueeze(0).repeat(num_vectors, 1)
+        row = rows([single_token_id(tokenizer, initializer_token, "initializer_token")])
+        return row.repeat(num_vectors, 1)
     if initial_phrase is not None:
         ids = tokenizer.encode(initial_phrase, add_special_tokens=False)
         if not ids:
             raise TokenError(f"initial_phrase {initial_phrase!r} has no tokens")
-        return table[ids].float().clone()
+        return rows(ids)
     if initial_embedding_file is not None:
         emb = load_embedding(initial_embedding_file)
         # Only the diffusers layout stores the trigger itself; A1111 and kohya name it by the file.
@@ -113,6 +118,23 @@ def initial_vectors(
         check_width(vectors.shape[1], dim, f"{initial_embedding_file}{f' [{part}]' if part in SDXL_KEYS else ''}")
         return vectors.float().clone()
     raise TokenError("no initializer given: set initializer_token, initial_phrase or initial_embedding_file")
+
+
+@torch.no_grad()
+def encoder_output_rows(tokenizer, text_encoder, ids: list[int]) -> torch.Tensor:
+    """The encoder's final hidden state at `ids`, written as a prompt (start token, the ids, end and
+    padding tokens), [len(ids), width] in fp32: "Cross Initialization" (arXiv 2312.15905) starts the
+    learned vectors here, where their norm and direction are much closer to where training takes them
+    than the input embedding's. CLIP's causal attention makes the padding irrelevant to these rows."""
+    length = tokenizer.model_max_length
+    if len(ids) + 2 > length:
+        raise TokenError(f"initial_phrase has {len(ids)} tokens; at most {length - 2} fit the text encoder")
+    prompt = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
+    prompt += [tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id] * (
+        length - len(prompt))
+    device = next(text_encoder.parameters()).device
+    hidden = text_encoder(torch.tensor([prompt], device=device)).last_hidden_state
+    return hidden[0, 1 : 1 + len(ids)].float().cpu().clone()
 
 
 def check_width(file_width: int, model_width: int, name: str) -> None:

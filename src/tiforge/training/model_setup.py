@@ -55,6 +55,7 @@ def starting_vectors(config: TrainingConfig, parts, state: dict | None) -> dict[
             initializer_token=config.initializer_token, initial_phrase=config.initial_phrase,
             initial_embedding_file=config.initial_embedding_file,
             placeholder_token=config.placeholder_token, part=name,
+            text_encoder=encoder if config.initialize_from_text_encoder_output else None,
         )
         for name, tokenizer, encoder in parts.text_encoders
     }

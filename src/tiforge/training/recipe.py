@@ -59,6 +59,7 @@ from tiforge.training.sampling import SamplePictures
 from tiforge.training.run_guard import RunFolderLock, RunRecord, record_failure
 from tiforge.training.start_checks import check_caption_lengths, token_window, warn_nothing_left, warn_vector_count
 from tiforge.training.validation import validate_with_config
+from tiforge.training.vector_rules import build_vector_rules
 
 log = logging.getLogger("tiforge")
 
@@ -232,6 +233,8 @@ class Recipe:
         self.text_model, self.optimizer, self.dataloader, self.lr_scheduler = accelerator.prepare(
             self.prompt_encoder, optimizer, self.dataloader, lr_scheduler
         )
+        self.vector_rules = build_vector_rules(config, self.prompt_encoder, self.optimizer, self.parts,
+                                               resumed=bool(self.state))
 
     def _restore_position(self) -> None:
         """Step 0, or the checkpoint's position with every state that decides what comes next."""
@@ -357,9 +360,11 @@ class Recipe:
             # Gradients are averaged over processes by now, so every process decides alike.
             outcome = guarded_update(self.trainable, max_grad_norm=self.config.max_grad_norm,
                                      scaler=accelerator.scaler, unscale=accelerator.unscale_gradients,
-                                     step=optimizer.step, step_was_skipped=lambda: optimizer.step_was_skipped)
+                                     step=self.vector_rules.wrap_step(optimizer.step),
+                                     step_was_skipped=lambda: optimizer.step_was_skipped)
             finite, grad_norm = outcome.finite, outcome.grad_norm
             if finite:
+                self.vector_rules.after_step()  # at the rate this step used, before the schedule moves on
                 self.lr_scheduler.step()
         else:  # accelerate only counts these until the window is full
             optimizer.step()
