@@ -2,10 +2,10 @@
 never saw) on its own, and composed with other words. Pure functions of pictures, on top of the toy
 world's judge (tiforge.toy.world.judge), which they use as it is.
 
-Compositions left out, and why (measured with the model's own words, see quality.py --probes): the
-toy model was pretrained on one object per caption, so "two red stars" or "a red star and a red
-circle" come out as one object in every picture; a composition the model cannot draw from words
-cannot tell one embedding from another.
+Compositions left out, and why (quality.py measures it on every run, as PROBES below, with the
+model's own words): the toy model was pretrained on one object per caption, so "two purple stars" or
+"a purple star and a red circle" come out as one object in (nearly) every picture; a composition the
+model cannot draw from words cannot tell one embedding from another.
 """
 
 from __future__ import annotations
