@@ -15,6 +15,8 @@ of each prompt, with the same noise for every embedding:
 Given --diffusers-script, the diffusers example script runs the same command line on the same model and
 pictures; --variant adds tiforge rows with config overrides (`--set` fields). Scores are the mean and
 sample standard deviation over seeds (seed k: training seed k, pictures drawn with seed 41000 + k).
+Step 0 is judged once: the initializer's vectors, where both tools start (a variant that starts
+elsewhere, e.g. initialize_from_text_encoder_output, is judged from its first saved budget on).
 
     PYTHONPATH=src .venv/bin/python benchmarks/quality.py --quick                  # 1 seed, steps 0/60/120
     git --git-dir=<diffusers clone>/.git show HEAD:examples/textual_inversion/textual_inversion.py > /tmp/ti.py
