@@ -143,10 +143,10 @@ def measure(args, work: Path) -> dict:
               "variants": {name: overrides for name, overrides in args.variants}, "timings": [],
               "words": scorer.scores(WORDS), "probes": scorer.probes(),
               "records": [{"method": START, "seed": None, "step": 0, **scorer.embedding(scorer.start_file(work))}]}
-    for k, seed in enumerate(range(args.seeds)):
+    for seed in range(args.seeds):
         pictures = write_pictures(work / f"pictures-{seed}", seed)
         runs = methods(args)
-        for label, command in runs if k % 2 == 0 else runs[::-1]:  # who goes first alternates: drift hits all
+        for label, command in runs if seed % 2 == 0 else runs[::-1]:  # who goes first alternates: drift hits all
             out = work / f"out-{label.replace(' ', '-')}-{seed}"
             target = command(shared_line(model, pictures, out, args.steps, seed))
             records, times = train_and_score(label, target, out, args.steps, seed, scorer, work)
@@ -185,9 +185,8 @@ def report(result: dict) -> str:
     parts.append(f"The model's own words ({WORDS!r} in place of the token): {words}.\n"
                  f"Two-object prompts in words, share of pictures with two or more objects: {probes} "
                  "(not scored: the toy model draws one object per picture).")
-    for t in result["timings"]:
-        parts.append(f"seed {t['seed']} {t['method']}: training {t['train_s']:.0f} s "
-                     f"({t['step_s']:.3f} s/step), judging {t['judge_s']:.0f} s")
+    parts.append("\n".join(f"seed {t['seed']} {t['method']}: training {t['train_s']:.0f} s "
+                            f"({t['step_s']:.3f} s/step), judging {t['judge_s']:.0f} s" for t in result["timings"]))
     return "\n\n".join(parts)
 
 
