@@ -1,132 +1,231 @@
-"""tiforge's quality yardstick: does an embedding learn its concept on the pretrained toy model?
+"""tiforge's quality yardstick: how well an embedding learns a concept, and composes it with other words.
 
-For a few learning rates, vector counts and initializers it trains an embedding for a concept the
-toy model has never seen (the object "purple star"; the style "light checkered background", with
-the style templates) and, at every checkpoint, measures
-  * the hit rate: the fraction of 16 generations in which the judge (tiforge.toy.world.judge, no
-    neural network) finds the concept, prompting with the learned token;
-  * the held-out denoising loss: the training loss on 16 other pictures of the concept with fixed
-    noise and timesteps (lower = the token explains the concept better).
-Prints a table and writes a picture grid per run (rows: checkpoints, columns: generations).
+On the shipped toy model (as float32), each tool learns the purple star (a combination the model never
+saw) from six pictures drawn with a seed nothing else in the project uses, with the issue's settings:
+2 vectors, initializer "dog", lr 1e-2 constant, batch 6, fp32. One run per (tool, seed) to the largest
+step budget saves the embedding at every budget; each file is loaded the way users load it (diffusers'
+`load_textual_inversion`) and judged (tiforge.toy.world.judge, no neural network) over 16 generations
+of each prompt, with the same noise for every embedding:
 
-    .venv/bin/python benchmarks/quality.py                # about 5 minutes on a 2-core CPU
-    .venv/bin/python benchmarks/quality.py --quick        # one run per concept
+  identity     "a <tok>": the share of pictures showing a purple star;
+  editability  the mean share over the compositions in benchmarks/_quality_judge.py: "a <tok> on a
+               dark striped background" (the star and that background) and "a <tok> on a light
+               checkered background" (the star and the checkering).
+
+Given --diffusers-script, the diffusers example script runs the same command line on the same model and
+pictures; --variant adds tiforge rows with config overrides (`--set` fields). Scores are the mean and
+sample standard deviation over seeds (seed k: training seed k, pictures drawn with seed 41000 + k).
+Step 0 is judged once: the initializer's vectors, where both tools start (a variant that starts
+elsewhere, e.g. initialize_from_text_encoder_output, is judged from its first saved budget on).
+
+    PYTHONPATH=src .venv/bin/python benchmarks/quality.py --quick                  # 1 seed, steps 0/60/120
+    git --git-dir=<diffusers clone>/.git show HEAD:examples/textual_inversion/textual_inversion.py > /tmp/ti.py
+    PYTHONPATH=src:<torchvision dir> .venv/bin/python benchmarks/quality.py --diffusers-script /tmp/ti.py
+    ... --variant baseline= --variant norm="preserve_embedding_norm=true"        # methods as rows
+    ... --table-from benchmarks/results/quality.json                              # reprint saved results
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
-import torch
-from PIL import Image
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-from tiforge.config.loading import config_from_dict
-from tiforge.embeddings.files import load_embedding
-from tiforge.model.loss import denoising_loss
-from tiforge.model.loading import load_sd_components
-from tiforge.model.placeholders import add_placeholder, install_placeholder_embedding
-from tiforge.toy.model import concept_scenes, hit_rate, pipeline_with_embedding, toy_model_dir, write_concept_images
-from tiforge.toy.world import render
-from tiforge.training.recipe import train
-from tiforge.training.validation import image_grid
+from _quality_judge import COMPOSITIONS, IDENTITY, PROBES, count_objects, share  # noqa: E402
+from _quality_runs import (INITIALIZER, NUM_VECTORS, TOKEN, diffusers_command, float32_toy_model,  # noqa: E402
+                           parse_variant, saved_embeddings, shared_line, tiforge_command, write_pictures)
+from _quality_table import DIFFUSERS, START, detailed, side_by_side  # noqa: E402
 
-PROMPTS = {"purple-star": ("a {}", ["a {}"]), "light-checkered": ("a painting in the style of {}", None)}
+GENERATIONS = 16
+GENERATION_SEED = 1234  # the same noise for every embedding, so scores differ only by the vectors
+WORDS = "purple star"  # the model's own words for the concept: what composing can reach on this model
 
 
-class HeldOutLoss:
-    """Denoising loss of the concept's unseen pictures, for any vectors of the placeholder."""
+class Scorer:
+    """One toy pipeline; judges embeddings loaded into it one at a time."""
 
-    def __init__(self, model_dir: Path, concept: str, token: str, num_vectors: int, n: int = 16):
-        self.parts = load_sd_components(str(model_dir))
-        ph = add_placeholder(self.parts.tokenizer, token, num_vectors)
-        dim = self.parts.text_width
-        self.embedding = install_placeholder_embedding(self.parts.text_encoder, ph, torch.zeros(num_vectors, dim))
-        scenes = concept_scenes(concept, n, seed=999)  # never the training pictures (seed 0)
-        pixels = torch.stack([torch.from_numpy(__import__("numpy").asarray(render(s))).permute(2, 0, 1) for s in scenes])
-        with torch.no_grad():
-            dist = self.parts.vae.encode(pixels.float() / 127.5 - 1).latent_dist
-            self.latents = dist.mean * self.parts.vae.config.scaling_factor
-        prompt = PROMPTS[concept][0].format(token)
-        self.ids = self.parts.tokenizer([ph.expand(prompt)] * n, padding="max_length", max_length=77,
-                                        return_tensors="pt").input_ids
-        g = torch.Generator().manual_seed(0)
-        self.noise = torch.randn(self.latents.shape, generator=g)
-        self.timesteps = torch.linspace(50, 950, n).long()
+    def __init__(self, model: Path):
+        from tiforge.toy.model import load_toy_pipeline
 
-    @torch.no_grad()
-    def __call__(self, vectors: torch.Tensor) -> float:
-        self.embedding.vectors.data.copy_(vectors)
-        hidden = self.parts.text_encoder(self.ids)[0]
-        return denoising_loss(self.parts.unet, self.parts.noise_scheduler, self.latents, hidden,
-                              prediction_type="epsilon", min_snr_gamma=None, noise=self.noise,
-                              timesteps=self.timesteps).item()
+        self.pipe = load_toy_pipeline(model)
+        self.vocabulary = len(self.pipe.tokenizer)
+
+    def pictures(self, prompt: str) -> list:
+        from tiforge.toy.model import generate
+
+        return generate(self.pipe, [prompt], per_prompt=GENERATIONS, seed=GENERATION_SEED)
+
+    def scores(self, subject: str) -> dict[str, float]:
+        out = {c.name: share(self.pictures(c.prompt(subject)), c) for c in (IDENTITY, *COMPOSITIONS)}
+        out["editability"] = statistics.fmean(out[c.name] for c in COMPOSITIONS)
+        return out
+
+    def embedding(self, path: Path) -> dict[str, float]:
+        from tiforge.embeddings.generate import load_embeddings_into
+
+        load_embeddings_into(self.pipe, [str(path)], [TOKEN])
+        try:
+            return self.scores(TOKEN)
+        finally:
+            self.pipe.unload_textual_inversion()
+            if len(self.pipe.tokenizer) != self.vocabulary:
+                raise RuntimeError(f"unloading {path} left {len(self.pipe.tokenizer)} tokens, not {self.vocabulary}")
+
+    def start_file(self, folder: Path) -> Path:
+        """The vectors both tools start from: the initializer's row, once per vector."""
+        from tiforge.embeddings.files import save_embedding
+
+        ids = self.pipe.tokenizer.encode(INITIALIZER, add_special_tokens=False)
+        row = self.pipe.text_encoder.get_input_embeddings().weight[ids[0]].detach()
+        return save_embedding(folder / "start.safetensors", TOKEN, row.repeat(NUM_VECTORS, 1), warn_layout=False)
+
+    def probes(self) -> dict[str, float]:
+        """Share of pictures with two or more objects, for the two-object prompts in the model's own words."""
+        return {name: sum(count_objects(im) >= 2 for im in self.pictures(t.format(WORDS))) / GENERATIONS
+                for name, t in PROBES.items()}
 
 
-def run(concept: str, lr: float, vectors: int, init: str, steps: int, every: int, out: Path) -> list[dict]:
-    model = toy_model_dir()
-    token = f"<{concept}>"
-    data = write_concept_images(concept, Path(tempfile.mkdtemp()) / concept, n=6, seed=0)
-    templates = PROMPTS[concept][1]
-    cfg = config_from_dict({
-        "seed": 0, "base_output_dir": tempfile.mkdtemp(), "report_to": "none", "model": str(model),
-        "placeholder_token": token, "initializer_token": init, "num_vectors": vectors,
-        "max_train_steps": steps, "save_every_n_steps": every, "train_batch_size": 6, "cache_vae_outputs": True,
-        "optimizer": {"learning_rate": lr}, "lr_scheduler": "constant",
-        "data_loader": {"dataset": {"type": "IMAGE_DIR_DATASET", "dataset_dir": str(data)}, "resolution": 32,
-                        **({"caption_templates": templates} if templates else {"caption_preset": "style"})},
-    })
-    result = train(cfg, progress=False)
-    checkpoints = [(0, None)] + [(int(p.name.split("_")[-1]), p / result.embedding_path.name)
-                                 for p in sorted((result.run_dir / "checkpoints").iterdir())]
-    checkpoints.append((steps, result.embedding_path))
-    held_out = HeldOutLoss(model, concept, token, vectors)
-    prompt = PROMPTS[concept][0].format(token)
-    rows, grid_rows = [], []
-    for step, path in checkpoints:
-        if path is None:  # step 0: the initializer's vectors
-            parts = held_out.parts
-            ids = parts.tokenizer.encode(init, add_special_tokens=False)
-            vec = parts.text_encoder.get_input_embeddings().base.weight[ids[0]].detach().float().repeat(vectors, 1)
-            path = Path(tempfile.mkdtemp()) / "init.safetensors"
-            from tiforge.embeddings.files import save_embedding
+def check_diffusers_script(script: Path) -> None:
+    """The example script imports torchvision; say how to get it before any training starts."""
+    if not script.is_file():
+        raise SystemExit(f"--diffusers-script {script}: no such file")
+    found = subprocess.run([sys.executable, "-c", "import importlib.util, sys; "
+                            "sys.exit(importlib.util.find_spec('torchvision') is None)"], env=os.environ)
+    if found.returncode:
+        raise SystemExit("the diffusers script needs torchvision, which this Python cannot import: install the CPU "
+                         "wheel matching torch beside it, e.g. `pip install --no-deps --target /tmp/tvdeps "
+                         "torchvision==0.28.*`, and run with PYTHONPATH=src:/tmp/tvdeps")
 
-            save_embedding(path, token, vec)
-        vec = load_embedding(path).single
-        rate, images = hit_rate(pipeline_with_embedding(path, token, model), concept, prompt)
-        rows.append({"concept": concept, "lr": lr, "vectors": vectors, "init": init, "step": step,
-                     "hit_rate": rate, "held_out_loss": held_out(vec)})
-        grid_rows.append(images[:8])
-    name = f"quality_{concept}_lr{lr:g}_v{vectors}_{init}.png"
-    grid = image_grid([im.resize((64, 64), Image.Resampling.NEAREST) for row in grid_rows for im in row],
-                      rows=len(grid_rows))
-    out.mkdir(parents=True, exist_ok=True)
-    grid.save(out / name)
-    return rows
+
+def train_and_score(label: str, target: list[str], out: Path, steps: list[int], seed: int, scorer: Scorer,
+                    work: Path) -> tuple[list[dict], dict]:
+    """Run one trainer to the largest budget, then judge the embedding it saved at each budget."""
+    from vs_diffusers import run_child
+
+    slug = label.replace(" ", "-")
+    started = time.perf_counter()
+    timing = run_child(target, work / f"{slug}-{seed}.log")
+    trained = time.perf_counter()
+    records = [{"method": label, "seed": seed, "step": step, **scorer.embedding(path)}
+               for step, path in saved_embeddings(out, steps).items()]
+    shutil.rmtree(out, ignore_errors=True)
+    times = {"method": label, "seed": seed, "train_s": trained - started, "step_s": timing["step_s"],
+             "judge_s": time.perf_counter() - trained}
+    return records, times
+
+
+def methods(args) -> list[tuple[str, Callable[[list[str]], list[str]]]]:
+    """(label, command line -> the child's target) for each method compared."""
+    found = [(DIFFUSERS, partial(diffusers_command, args.diffusers_script))] if args.diffusers_script else []
+    return found + [(f"tiforge {name}", partial(tiforge_command, overrides=overrides))
+                    for name, overrides in args.variants]
+
+
+def measure(args, work: Path) -> dict:
+    from _step_timer import _torchvision_without_ops
+
+    _torchvision_without_ops()  # a CUDA torchvision beside a CPU torch (see there): transformers may import it
+    model = float32_toy_model()
+    scorer = Scorer(model)
+    result = {"steps": args.steps, "seeds": args.seeds, "compositions": [c.name for c in COMPOSITIONS],
+              "variants": {name: overrides for name, overrides in args.variants}, "timings": [],
+              "words": scorer.scores(WORDS), "probes": scorer.probes(),
+              "records": [{"method": START, "seed": None, "step": 0, **scorer.embedding(scorer.start_file(work))}]}
+    for seed in range(args.seeds):
+        pictures = write_pictures(work / f"pictures-{seed}", seed)
+        runs = methods(args)
+        for label, command in runs if seed % 2 == 0 else runs[::-1]:  # who goes first alternates: drift hits all
+            out = work / f"out-{label.replace(' ', '-')}-{seed}"
+            target = command(shared_line(model, pictures, out, args.steps, seed))
+            records, times = train_and_score(label, target, out, args.steps, seed, scorer, work)
+            result["records"] += records
+            result["timings"].append(times)
+            print(f"seed {seed} {label}: trained in {times['train_s']:.0f} s ({times['step_s']:.3f} s/step), judged "
+                  f"in {times['judge_s']:.0f} s; identity " + " ".join(f"{r['identity']:.2f}" for r in records)
+                  + ", editability " + " ".join(f"{r['editability']:.2f}" for r in records), flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def merged(results: list[dict]) -> dict:
+    """Several saved results as one (e.g. variants measured after the baseline): the first file's
+    start, words and probes (the same in every file: one model, one generation seed), all the rows."""
+    out = dict(results[0], records=list(results[0]["records"]), timings=list(results[0]["timings"]))
+    for other in results[1:]:
+        out["records"] += [r for r in other["records"] if r["method"] != START]
+        out["timings"] += other["timings"]
+        out["seeds"] = max(out["seeds"], other["seeds"])
+    return out
+
+
+def report(result: dict) -> str:
+    records, compositions = result["records"], result["compositions"]
+    labels = list(dict.fromkeys(r["method"] for r in records if r["method"] not in (START, DIFFUSERS)))
+    parts = []
+    if any(r["method"] == DIFFUSERS for r in records):
+        for label in labels:
+            parts.append(f"{label} against the {DIFFUSERS} (mean ± sd over {result['seeds']} seed(s)):\n\n"
+                         + side_by_side(records, label))
+    parts.append("Every method and composition:\n\n" + detailed(records, compositions))
+    words = ", ".join(f"{k} {v:.2f}" for k, v in result["words"].items())
+    probes = ", ".join(f"{k!r} {v:.2f}" for k, v in result["probes"].items())
+    parts.append(f"The model's own words ({WORDS!r} in place of the token): {words}.\n"
+                 f"Two-object prompts in words, share of pictures with two or more objects: {probes} "
+                 "(not scored: the toy model draws one object per picture).")
+    parts.append("\n".join(f"seed {t['seed']} {t['method']}: training {t['train_s']:.0f} s "
+                            f"({t['step_s']:.3f} s/step), judging {t['judge_s']:.0f} s" for t in result["timings"]))
+    return "\n\n".join(parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--every", type=int, default=60)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--quick", action="store_true", help="1 seed, steps 0/60/120")
+    parser.add_argument("--steps", default="0,60,120,200,400", help="comma-separated step budgets")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    parser.add_argument("--diffusers-script", type=Path, help="the diffusers example textual_inversion.py")
+    parser.add_argument("--variant", "--method", action="append", default=[], metavar="NAME=OVERRIDES",
+                        help='a tiforge row: NAME=KEY=VALUE ... (`--set` fields), e.g. baseline= or '
+                             'norm="preserve_embedding_norm=true"; repeatable (default: baseline=)')
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/quality.json"),
+                        help="results so far, rewritten after each run")
+    parser.add_argument("--table-from", type=Path, nargs="+", metavar="JSON",
+                        help="print the tables of saved --json files (several: their rows together) and exit")
     args = parser.parse_args()
-    runs = [("purple-star", 1e-2, 2, "dog"), ("light-checkered", 1e-2, 2, "dog")]
-    if not args.quick:
-        runs += [("purple-star", 3e-3, 2, "dog"), ("purple-star", 3e-2, 2, "dog"), ("purple-star", 1e-2, 1, "dog"),
-                 ("purple-star", 1e-2, 4, "dog"), ("purple-star", 1e-2, 2, "star")]
-    rows = []
-    for r in runs:
-        print(f"training {r} ...", file=sys.stderr, flush=True)
-        rows += run(*r, steps=args.steps, every=args.every, out=args.out)
-    print(f"\n{'concept':<10} {'lr':>7} {'vec':>3} {'init':<7} {'step':>5} {'hit rate':>8} {'held-out loss':>13}")
-    for r in rows:
-        print(f"{r['concept']:<10} {r['lr']:>7g} {r['vectors']:>3} {r['init']:<7} {r['step']:>5} "
-              f"{r['hit_rate']:>8.2f} {r['held_out_loss']:>13.4f}")
-    print(f"\npicture grids (rows = checkpoints from step 0): {args.out}/quality_*.png")
+    if args.table_from:
+        print(report(merged([json.loads(p.read_text()) for p in args.table_from])))
+        return
+    try:
+        args.variants = [parse_variant(v) for v in args.variant or ["baseline="]]
+        args.steps = sorted({int(s) for s in args.steps.split(",")})
+    except ValueError as err:
+        parser.error(str(err))
+    if args.quick:
+        args.seeds, args.steps = 1, [0, 60, 120]
+    if max(args.steps) < 2 or min(args.steps) < 0:
+        parser.error("--steps: give step budgets of 2 or more (step 0, the start, is always judged), e.g. 0,60,120")
+    if args.diffusers_script:
+        check_diffusers_script(args.diffusers_script)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="tiforge-quality-"))
+    started = time.perf_counter()
+    try:
+        result = measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{report(result)}\n\nwall time {time.perf_counter() - started:.0f} s; results in {args.json}")
 
 
 if __name__ == "__main__":
