@@ -1,0 +1,86 @@
+// Runs: every run folder under the server's root, one run's details, and two runs side by side.
+import { h, api, fmt, pageTitle, status } from "./ui.js";
+import { drawChart, legend, runSeries } from "./chart.js";
+
+const LAYOUTS = ["diffusers", "a1111", "kohya"];
+const runUrl = (id) => `/api/runs/${id.split("/").map(encodeURIComponent).join("/")}`;
+const hashId = (id) => encodeURIComponent(id);
+
+export async function runsPage(view) {
+  const { runs } = await api("/api/runs");
+  const picked = new Set();
+  const compare = h("button", { id: "compare", disabled: true, onclick: () => {
+    const [a, b] = [...picked];
+    location.hash = `#/compare/${hashId(a)}/${hashId(b)}`;
+  } }, "Compare the two ticked");
+  const tick = (id) => (e) => {
+    if (e.target.checked) picked.add(id); else picked.delete(id);
+    compare.disabled = picked.size !== 2;
+  };
+  view.append(pageTitle("Runs", compare));
+  if (!runs.length) {
+    view.append(h("p", { class: "muted" }, "No run folders under the server's root yet."));
+    return null;
+  }
+  view.append(h("table", { id: "runs-table" },
+    h("tr", {}, ["", "run", "steps", "final loss", "family", "started", "report", "embedding"].map((t) => h("th", {}, t))),
+    runs.map((r) => h("tr", { "data-run": r.id },
+      h("td", {}, h("input", { type: "checkbox", onchange: tick(r.id), title: "compare" })),
+      h("td", {}, h("a", { href: `#/run/${hashId(r.id)}` }, r.name || r.id), h("div", { class: "muted" }, r.id)),
+      h("td", {}, r.steps ?? "-"), h("td", {}, fmt(r.loss)), h("td", {}, r.family || "-"), h("td", {}, r.started || "-"),
+      h("td", {}, r.report ? h("a", { href: r.report, target: "_blank" }, "report.html") : "-"),
+      h("td", {}, (r.embeddings || []).length ? downloads(r) : "-")))));
+  return null;
+}
+
+function downloads(run) {
+  return h("span", {}, LAYOUTS.map((l) => [h("a", { class: "dl", href: `${runUrl(run.id)}/embedding?layout=${l}`, download: "" }, l), " "]));
+}
+
+export async function runPage(view, id) {
+  const run = await api(runUrl(id));
+  const canvas = h("canvas", { class: "chart", id: "run-chart" });
+  const series = runSeries(run.history || []);
+  view.append(
+    pageTitle(run.name || run.id, run.report ? h("a", { class: "button", href: run.report, target: "_blank" }, "Open report.html") : null),
+    h("div", { class: "muted" }, run.id),
+    h("section", { class: "card" }, h("dl", { class: "kv" },
+      h("dt", {}, "steps"), h("dd", {}, run.steps ?? "-"), h("dt", {}, "final loss"), h("dd", {}, fmt(run.loss)),
+      h("dt", {}, "family"), h("dd", {}, run.family || "-"), h("dt", {}, "started"), h("dd", {}, run.started || "-"),
+      h("dt", {}, "embedding"), h("dd", {}, (run.embeddings || []).length
+        ? [h("span", { class: "muted" }, run.embeddings[0].path, " - download as: "), downloads(run),
+           h("a", { href: `#/embedding/${encodeURIComponent(run.embeddings[0].url)}` }, " inspect...")]
+        : "none yet"))),
+    h("section", { class: "card" }, h("h2", {}, "Loss and learning rate"), canvas, legend(series)),
+    h("section", { class: "card" }, h("h2", {}, "Validation grids"), grids(run.grids)),
+    h("section", { class: "card" }, h("details", {}, h("summary", {}, "config.yaml"), h("pre", {}, run.config_yaml || "(none)"))));
+  drawChart(canvas, series);
+  const onResize = () => drawChart(canvas, series);
+  window.addEventListener("resize", onResize);
+  return () => window.removeEventListener("resize", onResize);
+}
+
+function grids(urls) {
+  if (!urls || !urls.length) return h("p", { class: "muted" }, "No validation grids.");
+  return h("div", {}, urls.map((u) => h("figure", { style: "margin:0 0 10px" },
+    h("img", { class: "grid", src: u, alt: "validation grid" }), h("figcaption", { class: "muted" }, u.split("/").slice(-2).join("/")))));
+}
+
+const COLORS = [["#3b5bdb", "#91a7ff"], ["#e8590c", "#ffa94d"]];
+
+export async function comparePage(view, a, b) {
+  const runs = await Promise.all([a, b].map((id) => api(runUrl(id))));
+  const series = runs.flatMap((r, i) => runSeries(r.history || [], r.name || r.id, COLORS[i]));
+  const canvas = h("canvas", { class: "chart", id: "compare-chart" });
+  view.append(pageTitle("Compare two runs"),
+    h("section", { class: "card" }, h("h2", {}, "Loss and learning rate"), canvas, legend(series)),
+    h("div", { class: "side" }, runs.map((r) => h("section", { class: "card" },
+      h("h2", {}, h("a", { href: `#/run/${hashId(r.id)}` }, r.name || r.id)),
+      h("div", { class: "muted" }, `${r.steps ?? "?"} steps, final loss ${fmt(r.loss)}`),
+      grids(r.grids)))));
+  if (runs.some((r) => !(r.history || []).length)) view.append(status("warn", "A run without metrics.jsonl has no curve to draw."));
+  drawChart(canvas, series);
+  const onResize = () => drawChart(canvas, series);
+  window.addEventListener("resize", onResize);
+  return () => window.removeEventListener("resize", onResize);
+}
