@@ -37,6 +37,11 @@ function defaultText(field) {
   return `default: ${typeof d === "object" ? JSON.stringify(d) : d}`;
 }
 
+// The config's messages start with the field they are about; the form shows them under it.
+function message(e) {
+  return e.field && e.message.startsWith(`${e.field}: `) ? e.message.slice(e.field.length + 2) : e.message;
+}
+
 function nest(flat) {
   const out = {};
   for (const [path, value] of Object.entries(flat)) {
@@ -201,26 +206,28 @@ class ConfigForm {
     return [...this.widgets.keys()].find((p) => p.startsWith(`${path}.`)) || null;
   }
 
-  showErrors(errors) {
-    for (const w of this.widgets.values()) { w.row.classList.remove("invalid"); w.error.replaceChildren(); }
-    this.unplaced = [];
+  // A field the user has not touched yet is "needed" (amber), not "invalid" (red), until Start.
+  showErrors(errors, insist = false) {
+    for (const w of this.widgets.values()) { w.row.classList.remove("invalid", "needed"); w.error.replaceChildren(); }
     for (const e of errors) {
       const path = this.fieldFor(e.field);
-      if (!path) { this.unplaced.push(e); continue; }
+      if (!path) continue;
       const w = this.widgets.get(path);
-      w.row.classList.add("invalid");
-      w.error.append(h("div", {}, e.message));
+      const touched = insist || Object.keys(this.values).some((p) => p === path || p.startsWith(`${path}.`) || path.startsWith(`${p}.`));
+      w.row.classList.add(touched ? "invalid" : "needed");
+      w.error.append(h("div", {}, message(e)));
       const folded = w.row.closest("details");
       if (folded && this.values[path] !== undefined) folded.open = true; // the user's own value is at fault: show it
     }
   }
 
   errorSummary(errors) {
-    return h("div", { class: "status bad" },
-      `${errors.length} problem(s) to fix before training:`,
+    const red = this.body.querySelector(".field.invalid") || errors.some((e) => !this.fieldFor(e.field));
+    return h("div", { class: `status ${red ? "bad" : "warn"}` },
+      red ? `${errors.length} problem(s) to fix before training:` : "To start, fill in:",
       h("ul", { class: "errors" }, errors.map((e) => h("li", {},
         e.field ? h("a", { href: "#", onclick: (ev) => { ev.preventDefault(); this.reveal(e.field); } }, e.field) : null,
-        e.field ? ": " : "", e.message))));
+        e.field ? ": " : "", message(e)))));
   }
 
   reveal(path) {
@@ -268,7 +275,7 @@ class ConfigForm {
       const job = await api("/api/jobs", { config: this.config() });
       location.hash = `#/job/${encodeURIComponent(job.id)}`;
     } catch (err) {
-      if (err.body && err.body.errors) this.showErrors(err.body.errors);
+      if (err.body && err.body.errors) this.showErrors(err.body.errors, true);
       this.status.replaceChildren(errorBox(err));
       this.startButton.disabled = false;
     }

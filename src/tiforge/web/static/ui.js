@@ -84,7 +84,10 @@ export function startEvents() {
   const light = document.getElementById("live");
   const source = new EventSource("/api/events");
   source.onopen = () => { light.classList.add("on"); for (const l of listeners) l({ event: "reconnected" }); };
-  source.onerror = () => light.classList.remove("on"); // EventSource reconnects by itself
+  source.onerror = () => {
+    light.classList.remove("on"); // EventSource retries by itself, except after an HTTP error
+    if (source.readyState === EventSource.CLOSED) setTimeout(startEvents, 5000);
+  };
   source.onmessage = (msg) => {
     let data;
     try { data = JSON.parse(msg.data); } catch { return; }
