@@ -7,13 +7,14 @@ from importlib import resources
 from pathlib import Path
 
 from fastapi import Body, FastAPI
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from tiforge.web import config_form
+from tiforge.web import config_form, files, jobs, runs
 from tiforge.web.auth import install_token_check
 from tiforge.web.errors import ApiError, install_error_handlers
+from tiforge.web.events_hub import EventHub
 from tiforge.web.schema_form import form_schema
 
 
@@ -30,8 +31,12 @@ def create_app(root: str | Path, token: str | None = None, hosts: list[str] | No
     install_token_check(app, token)
     if hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
+    app.state.hub = EventHub()
+    app.state.jobs = jobs.JobManager(app.state.root, app.state.hub.publish)
     _page_routes(app)
     _config_routes(app)
+    _job_routes(app)
+    _run_routes(app)
     return app
 
 
@@ -68,3 +73,86 @@ def _config_routes(app: FastAPI) -> None:
             first = answer["errors"][0]
             raise ApiError(400, first["message"], first["field"], errors=answer["errors"])
         return {"yaml": answer["yaml"]}
+
+
+def _refuse_invalid(answer: dict) -> None:
+    if not answer["ok"]:
+        first = answer["errors"][0]
+        raise ApiError(400, first["message"], first["field"], errors=answer["errors"])
+
+
+def _url_maker(root: Path):
+    def url_of(path: str | None) -> str | None:
+        """The download address of a file inside a run folder under root."""
+        if not path:
+            return None
+        target = Path(path).resolve()
+        for folder in (target.parent, *target.parents):
+            if folder == root or not folder.is_relative_to(root):
+                return None
+            if runs.is_run_folder(folder):
+                return runs.file_url(runs.run_id(root, folder), target.relative_to(folder).as_posix())
+        return None
+
+    return url_of
+
+
+def _job_routes(app: FastAPI) -> None:
+    manager: jobs.JobManager = app.state.jobs
+    url_of = _url_maker(app.state.root)
+
+    def job_of(job_id: str) -> jobs.Job:
+        if job_id not in manager.jobs:
+            raise ApiError(404, f"no job {job_id}")
+        return manager.jobs[job_id]
+
+    @app.post("/api/jobs")
+    def start(config: dict = Body(..., embed=True)):
+        answer = config_form.validate(config)
+        _refuse_invalid(answer)
+        job = manager.submit(answer["config"])
+        return {"id": job.id, "state": job.state}
+
+    @app.get("/api/jobs")
+    def listing():
+        return {"jobs": [jobs.summary(j, url_of) for j in manager.jobs.values()]}
+
+    @app.get("/api/jobs/{job_id}")
+    def one(job_id: str):
+        return jobs.summary(job_of(job_id), url_of)
+
+    @app.post("/api/jobs/{job_id}/stop")
+    def stop(job_id: str):
+        return jobs.summary(manager.stop(job_of(job_id)), url_of)
+
+    @app.post("/api/jobs/{job_id}/resume")
+    def resume(job_id: str):
+        job = job_of(job_id)
+        if not job.resumable:
+            raise ApiError(409, f"job {job_id} is {job.state} and has no checkpoint to resume from")
+        return jobs.summary(manager.resume(job), url_of)
+
+    @app.get("/api/events")
+    def events():
+        return StreamingResponse(app.state.hub.stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _run_routes(app: FastAPI) -> None:
+    root: Path = app.state.root
+
+    @app.get("/api/runs")
+    def listing():
+        return {"runs": [runs.summary(root, folder) for folder in runs.find_runs(root)]}
+
+    @app.get("/api/runs/{rid:path}")
+    def one(rid: str):
+        return runs.details(root, files.run_folder(root, rid))
+
+    @app.get("/api/files/{path:path}")
+    def download(path: str):
+        target = files.safe_file(root, path)
+        return FileResponse(target, filename=target.name if target.suffix not in _INLINE else None)
+
+
+_INLINE = {".png", ".jpg", ".jpeg", ".webp", ".html", ".txt", ".log", ".yaml", ".json", ".jsonl"}
