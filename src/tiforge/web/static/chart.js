@@ -56,7 +56,8 @@ export function drawChart(canvas, series, { leftLabel = "loss", rightLabel = "lr
     }
   }
   ctx.textAlign = "center";
-  for (const t of ticks(xs[0], xs[1], 5)) ctx.fillText(String(Math.round(t)), X(t), hgt - PAD.bottom + 16);
+  const steps = new Set(ticks(xs[0], xs[1], Math.min(5, Math.round(xs[1] - xs[0]) || 1)).map(Math.round));
+  for (const t of steps) ctx.fillText(String(t), X(t), hgt - PAD.bottom + 16);
   ctx.fillText("step", w / 2, hgt - 2);
   ctx.save();
   ctx.rotate(-Math.PI / 2);

@@ -62,6 +62,7 @@ class JobView {
   async refresh() {
     try {
       this.job = await api(`/api/jobs/${encodeURIComponent(this.id)}`);
+      if (this.job.resumed_from && !this.before) this.before = await this.earlier(this.job.resumed_from);
     } catch (err) {
       this.el.message.replaceChildren(errorBox(err));
       return;
@@ -69,11 +70,26 @@ class JobView {
     this.render();
   }
 
+  // A resumed job's curve continues the stopped one's: fetch the steps before it, once.
+  async earlier(id) {
+    try {
+      const prior = await api(`/api/jobs/${encodeURIComponent(id)}`);
+      const before = prior.resumed_from ? await this.earlier(prior.resumed_from) : [];
+      return before.filter((r) => r[0] < ((prior.history || [])[0] || [Infinity])[0]).concat(prior.history || []);
+    } catch {
+      return [];
+    }
+  }
+
   // Steps update the page at once; anything else (files written, state changes) asks the server.
   hear(e) {
     if (e.event === "reconnected") { this.soon(0); return; }
     if (e.job !== this.id || !this.job) return;
-    if (e.event === "step") {
+    if (e.event === "log") {
+      this.job.log_tail = (this.job.log_tail || []).concat([e.line]).slice(-50);
+      this.el.log.textContent = this.job.log_tail.join("\n");
+      this.el.log.scrollTop = this.el.log.scrollHeight;
+    } else if (e.event === "step") {
       const j = this.job;
       j.history = (j.history || []).filter((r) => r[0] < e.step).concat([[e.step, e.loss, e.lr]]);
       Object.assign(j, { step: e.step, max_steps: e.max_steps, loss: e.loss, lr: e.lr, state: j.state === "queued" ? "running" : j.state });
@@ -112,10 +128,13 @@ class JobView {
     this.el.resume.hidden = !j.resumable;
     this.el.resume.disabled = !j.resumable;
     this.el.runDir.textContent = j.run_dir ? `run folder: ${j.run_dir}` : "";
-    this.el.message.replaceChildren(
-      j.error ? status("bad", j.error) : null,
+    this.el.message.replaceChildren(h("div", {},
+      j.state === "failed" ? status("bad", j.error || "The training failed; see the log.") : null,
       j.state === "finished" && j.embedding ? status("ok", `Finished. Embedding: ${j.embedding}`) : null,
-      j.state === "stopped" ? status("warn", `Stopped at step ${j.step}: checkpoint and embedding saved.${j.resumable ? " Resume continues from there." : ""}`) : null);
+      j.state === "stopped" ? status("warn", `Stopped at step ${j.step}: checkpoint and embedding saved.${j.resumable ? " Resume continues from there." : ""}`) : null,
+      j.state === "stopped" && j.error ? h("details", { class: "muted" }, h("summary", {}, "what the run said"), h("pre", {}, j.error)) : null,
+      j.embedding_url && !LIVE.has(j.state) ? h("p", {}, h("a", { id: "job-embedding", href: j.embedding_url, download: "" }, "Download the embedding"),
+        j.run_dir ? [" - every layout, the grids and the report are on the ", h("a", { href: "#/runs" }, "Runs"), " page"] : null) : null));
     const pct = j.max_steps ? Math.round((100 * (j.step || 0)) / j.max_steps) : 0;
     this.el.stats.replaceChildren(
       stat(`${j.step ?? 0} / ${j.max_steps ?? "?"}`, `step (${pct}%)`, "stat-step"),
@@ -134,7 +153,9 @@ class JobView {
   }
 
   plot() {
-    const series = runSeries(this.job.history || []);
+    const own = this.job.history || [];
+    const first = own.length ? own[0][0] : Infinity;
+    const series = runSeries((this.before || []).filter((r) => r[0] < first).concat(own));
     drawChart(this.el.canvas, series);
     this.el.legend.replaceChildren(legend(series));
   }

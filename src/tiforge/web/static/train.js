@@ -78,7 +78,19 @@ class ConfigForm {
     try { return JSON.parse(localStorage.getItem(STORE)) || {}; } catch { return {}; }
   }
 
-  config() { return nest(this.values); }
+  // A nested object's kind (`data_loader.dataset.type`) is its schema default unless chosen, as in
+  // a YAML file that leaves it out; pydantic needs it to tell which fields belong.
+  config() {
+    const values = { ...this.values };
+    for (const path of Object.keys(this.values)) {
+      const parts = path.split(".");
+      for (let n = 1; n < parts.length; n++) {
+        const kind = this.fields.get(`${parts.slice(0, n).join(".")}.type`);
+        if (kind && kind.default != null && !(kind.path in values)) values[kind.path] = kind.default;
+      }
+    }
+    return nest(values);
+  }
 
   set(path, value) {
     if (value === undefined) delete this.values[path];
