@@ -3,15 +3,19 @@ module that does the work); see docs in /api and the README's "tiforge web"."""
 
 from __future__ import annotations
 
+import shutil
 from importlib import resources
 from pathlib import Path
 
-from fastapi import Body, FastAPI
+from fastapi import Body, FastAPI, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from tiforge.web import config_form, files, jobs, runs
+from starlette.concurrency import run_in_threadpool
+
+from tiforge.web import config_form, embeddings, files, jobs, runs
+from tiforge.web.limits import DEFAULT_MAX_UPLOAD, UploadLimit
 from tiforge.web.auth import install_token_check
 from tiforge.web.errors import ApiError, install_error_handlers
 from tiforge.web.events_hub import EventHub
@@ -22,7 +26,8 @@ def static_dir() -> Path:
     return Path(str(resources.files("tiforge") / "web" / "static"))
 
 
-def create_app(root: str | Path, token: str | None = None, hosts: list[str] | None = None) -> FastAPI:
+def create_app(root: str | Path, token: str | None = None, hosts: list[str] | None = None,
+               max_upload: int = DEFAULT_MAX_UPLOAD) -> FastAPI:
     """`root`: the folder whose runs are listed and where the UI's configs go; `token`: required on
     every request when set; `hosts`: the Host names answered (against DNS rebinding on the loopback)."""
     app = FastAPI(title="tiforge web", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
@@ -31,12 +36,14 @@ def create_app(root: str | Path, token: str | None = None, hosts: list[str] | No
     install_token_check(app, token)
     if hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
+    app.add_middleware(UploadLimit, max_bytes=max_upload, paths=("/api/embeddings/inspect",))
     app.state.hub = EventHub()
     app.state.jobs = jobs.JobManager(app.state.root, app.state.hub.publish)
     _page_routes(app)
     _config_routes(app)
     _job_routes(app)
     _run_routes(app)
+    _embedding_routes(app)
     return app
 
 
@@ -145,6 +152,15 @@ def _run_routes(app: FastAPI) -> None:
     def listing():
         return {"runs": [runs.summary(root, folder) for folder in runs.find_runs(root)]}
 
+    @app.get("/api/runs/{rid:path}/embedding")
+    def embedding(rid: str, layout: str = "kohya"):
+        folder = files.run_folder(root, rid)
+        found = runs.embeddings(folder)
+        if not found:
+            raise ApiError(404, f"run {rid} has no embedding yet")
+        converted = embeddings.convert_to(root, found[-1], layout)
+        return FileResponse(converted, filename=converted.name)
+
     @app.get("/api/runs/{rid:path}")
     def one(rid: str):
         return runs.details(root, files.run_folder(root, rid))
@@ -156,3 +172,51 @@ def _run_routes(app: FastAPI) -> None:
 
 
 _INLINE = {".png", ".jpg", ".jpeg", ".webp", ".html", ".txt", ".log", ".yaml", ".json", ".jsonl"}
+
+
+async def _inspect_request(root: Path, request: Request) -> tuple[Path, str | None, str | None]:
+    """(file, model, upload id) of an inspect request: a multipart upload, or JSON naming a file."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        async with request.form(max_files=1, max_fields=4) as form:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(400, "no file in the upload", "file")
+            upload_id, path = await run_in_threadpool(embeddings.save_upload, root, upload.filename, upload.file)
+            return path, (form.get("model") or None), upload_id
+    body = await request.json()
+    if not isinstance(body, dict):
+        raise ApiError(400, "expected a JSON object")
+    path = embeddings.chosen_file(root, body.get("upload_id"), body.get("path"))
+    return path, body.get("model") or None, body.get("upload_id")
+
+
+def _embedding_routes(app: FastAPI) -> None:
+    root: Path = app.state.root
+
+    @app.post("/api/embeddings/inspect")
+    async def inspect(request: Request):
+        path, model, upload_id = await _inspect_request(root, request)
+        try:
+            answer = await run_in_threadpool(embeddings.inspect, path, model)
+        except ApiError:
+            if upload_id and path.parent.name == upload_id:
+                shutil.rmtree(path.parent, ignore_errors=True)  # a refused upload is not kept
+            raise
+        return {**answer, "upload_id": upload_id, "file": path.name}
+
+    @app.post("/api/embeddings/convert")
+    def convert(to: str = Body(...), upload_id: str | None = Body(None), path: str | None = Body(None)):
+        converted = embeddings.convert_to(root, embeddings.chosen_file(root, upload_id, path), to)
+        return FileResponse(converted, filename=converted.name)
+
+    @app.post("/api/embeddings/generate")
+    def generate(model: str = Body(...), prompt: str = Body(...), upload_id: str | None = Body(None),
+                 path: str | None = Body(None), steps: int = Body(20, ge=1, le=150), seed: int = Body(0),
+                 count: int = Body(1, ge=1, le=16)):
+        source = embeddings.chosen_file(root, upload_id, path)
+        gen_id, paths = embeddings.generate(root, source, model, prompt, steps, seed, count)
+        return {"images": [f"/api/generated/{gen_id}/{p.name}" for p in paths]}
+
+    @app.get("/api/generated/{gen_id}/{name}")
+    def picture(gen_id: str, name: str):
+        return FileResponse(embeddings.generated(root, gen_id, name))

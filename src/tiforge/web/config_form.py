@@ -33,6 +33,19 @@ def _flatten(values: dict, prefix: str):
             yield f"{prefix}{key}", value
 
 
+# A form that fills only one kind of dataset's fields means that kind (the union needs its `type`).
+_DATASET_KIND = {"jsonl_path": "IMAGE_CAPTION_JSONL_DATASET", "dataset_name": "HF_HUB_IMAGE_CAPTION_DATASET",
+                 "config_path": "KOHYA_DATASET_CONFIG", "caption_extension": "IMAGE_CAPTION_DIR_DATASET"}
+
+
+def with_dataset_type(data: dict) -> dict:
+    dataset = data.get("data_loader", {}).get("dataset") if isinstance(data.get("data_loader"), dict) else None
+    if isinstance(dataset, dict) and "type" not in dataset:
+        kind = next((k for key, k in _DATASET_KIND.items() if key in dataset), "IMAGE_DIR_DATASET")
+        data["data_loader"]["dataset"] = {"type": kind, **dataset}
+    return data
+
+
 def with_family(data: dict) -> dict:
     """Without a `type`, the family follows the chosen model (as in the console UI; no network)."""
     model = data.get("model")
@@ -62,7 +75,7 @@ def split_problems(message: str) -> list[dict]:
 
 def validate(values: dict, source: str = "form") -> dict:
     """{"ok", "errors", "family", "yaml", "config"}: the answer of /api/config/validate."""
-    data = with_family(nested(values))
+    data = with_family(with_dataset_type(nested(values)))
     try:
         config = config_from_dict(data, source)
     except ConfigError as err:

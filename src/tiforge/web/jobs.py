@@ -69,6 +69,7 @@ class JobManager:
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self.folder = root / ".tiforge-web" / "jobs"
+        self.train_command = lambda config_path: [sys.executable, "-m", "tiforge.cli", "train", str(config_path), "--json"]
 
     # -- the queue ------------------------------------------------------------------------------
 
@@ -96,7 +97,7 @@ class JobManager:
     def _launch(self, job: Job) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         job.process = subprocess.Popen(
-            [sys.executable, "-m", "tiforge.cli", "train", str(job.config_path), "--json"], cwd=self.root, env=env,
+            self.train_command(job.config_path), cwd=self.root, env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
         job.state = "running"
         self._announce(job)
@@ -160,8 +161,9 @@ class JobManager:
         with self._lock:
             if code == 0:
                 job.state = "finished"
-            elif code == STOPPED_BY_SIGINT and job.state == "stopping":
+            elif code in (STOPPED_BY_SIGINT, -signal.SIGINT) and job.state == "stopping":  # (-: before its handler)
                 job.state = "stopped"
+                job.error = None  # the run's "stopped: resume with ..." message is in the log, not an error
             else:
                 job.state = "failed"
                 job.error = job.error or (job.log_tail[-1] if job.log_tail else f"exit code {code}")
