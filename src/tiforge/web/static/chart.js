@@ -21,7 +21,7 @@ function range(values) {
 }
 
 // series: [{name, color, points: [[step, value], ...], axis: "left"|"right", dashed}]
-export function drawChart(canvas, series, { leftLabel = "loss", rightLabel = "lr" } = {}) {
+export function drawChart(canvas, series, { leftLabel = "loss", rightLabel = "lr", empty = "no steps yet" } = {}) {
   const ratio = window.devicePixelRatio || 1;
   const w = canvas.clientWidth || 600, hgt = canvas.clientHeight || 260;
   canvas.width = w * ratio;
@@ -33,7 +33,8 @@ export function drawChart(canvas, series, { leftLabel = "loss", rightLabel = "lr
   const drawn = series.filter((s) => s.points.length);
   if (!drawn.length) {
     ctx.fillStyle = "#6b7280";
-    ctx.fillText("no steps yet", w / 2 - 30, hgt / 2);
+    ctx.textAlign = "center";
+    ctx.fillText(empty, w / 2, hgt / 2);
     return;
   }
   const xs = range(drawn.flatMap((s) => s.points.map((p) => p[0])));
@@ -56,8 +57,8 @@ export function drawChart(canvas, series, { leftLabel = "loss", rightLabel = "lr
     }
   }
   ctx.textAlign = "center";
-  const steps = new Set(ticks(xs[0], xs[1], Math.min(5, Math.round(xs[1] - xs[0]) || 1)).map(Math.round));
-  for (const t of steps) ctx.fillText(String(t), X(t), hgt - PAD.bottom + 16);
+  const every = Math.max(1, Math.ceil((xs[1] - xs[0]) / 6));
+  for (let t = Math.ceil(xs[0] / every) * every; t <= xs[1]; t += every) ctx.fillText(String(t), X(t), hgt - PAD.bottom + 16);
   ctx.fillText("step", w / 2, hgt - 2);
   ctx.save();
   ctx.rotate(-Math.PI / 2);

@@ -1,8 +1,9 @@
 // Runs: every run folder under the server's root, one run's details, and two runs side by side.
-import { h, api, fmt, pageTitle, status } from "./ui.js";
+import { h, api, fmt, pageTitle } from "./ui.js";
 import { drawChart, legend, runSeries } from "./chart.js";
 
 const LAYOUTS = ["diffusers", "a1111", "kohya"];
+const NO_HISTORY = "no loss history: this run has no metrics.jsonl";
 const runUrl = (id) => `/api/runs/${id.split("/").map(encodeURIComponent).join("/")}`;
 const hashId = (id) => encodeURIComponent(id);
 
@@ -26,7 +27,8 @@ export async function runsPage(view) {
     h("tr", {}, ["", "run", "steps", "final loss", "family", "started", "report", "embedding"].map((t) => h("th", {}, t))),
     runs.map((r) => h("tr", { "data-run": r.id },
       h("td", {}, h("input", { type: "checkbox", onchange: tick(r.id), title: "compare" })),
-      h("td", {}, h("a", { href: `#/run/${hashId(r.id)}` }, r.name || r.id), h("div", { class: "muted" }, r.id)),
+      h("td", {}, h("a", { href: `#/run/${hashId(r.id)}` }, r.name || r.id),
+        r.name && r.name !== r.id ? h("div", { class: "muted" }, r.id) : null),
       h("td", {}, r.steps ?? "-"), h("td", {}, fmt(r.loss)), h("td", {}, r.family || "-"), h("td", {}, r.started || "-"),
       h("td", {}, r.report ? h("a", { href: r.report, target: "_blank" }, "report.html") : "-"),
       h("td", {}, (r.embeddings || []).length ? downloads(r) : "-")))));
@@ -54,8 +56,9 @@ export async function runPage(view, id) {
     h("section", { class: "card" }, h("h2", {}, "Loss and learning rate"), canvas, legend(series)),
     h("section", { class: "card" }, h("h2", {}, "Validation grids"), grids(run.grids)),
     h("section", { class: "card" }, h("details", {}, h("summary", {}, "config.yaml"), h("pre", {}, run.config_yaml || "(none)"))));
-  drawChart(canvas, series);
-  const onResize = () => drawChart(canvas, series);
+  const draw = () => drawChart(canvas, series, { empty: NO_HISTORY });
+  draw();
+  const onResize = draw;
   window.addEventListener("resize", onResize);
   return () => window.removeEventListener("resize", onResize);
 }
@@ -76,11 +79,12 @@ export async function comparePage(view, a, b) {
     h("section", { class: "card" }, h("h2", {}, "Loss and learning rate"), canvas, legend(series)),
     h("div", { class: "side" }, runs.map((r) => h("section", { class: "card" },
       h("h2", {}, h("a", { href: `#/run/${hashId(r.id)}` }, r.name || r.id)),
-      h("div", { class: "muted" }, `${r.steps ?? "?"} steps, final loss ${fmt(r.loss)}`),
+      h("div", { class: "muted" }, `${r.steps ?? "?"} steps, final loss ${fmt(r.loss)}`,
+        (r.history || []).length ? "" : " - no loss history (metrics.jsonl)"),
       grids(r.grids)))));
-  if (runs.some((r) => !(r.history || []).length)) view.append(status("warn", "A run without metrics.jsonl has no curve to draw."));
-  drawChart(canvas, series);
-  const onResize = () => drawChart(canvas, series);
+  const draw = () => drawChart(canvas, series, { empty: NO_HISTORY });
+  draw();
+  const onResize = draw;
   window.addEventListener("resize", onResize);
   return () => window.removeEventListener("resize", onResize);
 }
