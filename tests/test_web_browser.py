@@ -278,6 +278,11 @@ def run_page(d, shots: Path) -> None:
     screenshot(d, shots, "8-run")
     if report:
         assert httpx.get(report[0].get_attribute("href")).status_code == 200
+    # "Train again" fills the form with the run's config.yaml, which validates as it is.
+    d.find_element(By.ID, "train-again").click()
+    until(d, lambda d: d.find_element(By.NAME, "max_train_steps").get_attribute("value") == "400", timeout=15)
+    until(d, lambda d: d.find_element(By.ID, "start").is_enabled(), timeout=15,
+          message=f"the run's own config did not validate: {text(d, '#form-status')}")
 
 
 def embedding_page(d, shots: Path) -> None:

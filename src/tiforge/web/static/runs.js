@@ -1,6 +1,7 @@
 // Runs: every run folder under the server's root, one run's details, and two runs side by side.
-import { h, api, fmt, pageTitle } from "./ui.js";
+import { h, api, fmt, pageTitle, errorBox } from "./ui.js";
 import { drawChart, legend, runSeries } from "./chart.js";
+import { trainWith } from "./train.js";
 
 const LAYOUTS = ["diffusers", "a1111", "kohya"];
 const NO_HISTORY = "no loss history: this run has no metrics.jsonl";
@@ -42,9 +43,12 @@ function downloads(run) {
 export async function runPage(view, id) {
   const run = await api(runUrl(id));
   const canvas = h("canvas", { class: "chart", id: "run-chart" });
+  const message = h("div");
   const series = runSeries(run.history || []);
   view.append(
-    pageTitle(run.name || run.id, run.report ? h("a", { class: "button", href: run.report, target: "_blank" }, "Open report.html") : null),
+    pageTitle(run.name || run.id, run.report ? h("a", { class: "button", href: run.report, target: "_blank" }, "Open report.html") : null,
+      run.config_yaml ? h("button", { id: "train-again", onclick: () => trainAgain(run.config_yaml, message) }, "Train again with these settings") : null),
+    message,
     h("div", { class: "muted" }, run.id),
     h("section", { class: "card" }, h("dl", { class: "kv" },
       h("dt", {}, "steps"), h("dd", {}, run.steps ?? "-"), h("dt", {}, "final loss"), h("dd", {}, fmt(run.loss)),
@@ -61,6 +65,18 @@ export async function runPage(view, id) {
   const onResize = draw;
   window.addEventListener("resize", onResize);
   return () => window.removeEventListener("resize", onResize);
+}
+
+// The run's config.yaml as the form's values (a resumed run's resume_from_checkpoint is dropped:
+// "again" is a new run; Resume is on the Job page).
+async function trainAgain(configYaml, message) {
+  try {
+    const { config } = await api("/api/config/from-yaml", { yaml: configYaml });
+    delete config.resume_from_checkpoint;
+    trainWith(config);
+  } catch (err) {
+    message.replaceChildren(errorBox(err));
+  }
 }
 
 function grids(urls) {

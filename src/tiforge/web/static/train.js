@@ -3,6 +3,13 @@
 import { h, api, saveBlob, status, errorBox, pageTitle } from "./ui.js";
 
 const STORE = "tiforge.form"; // the form's values survive a reload, as the console UI's do
+const PENDING = "tiforge.pending-config"; // a config another page hands to the form (a run's "train again")
+
+// Open the Train page filled with this (nested) config.
+export function trainWith(config) {
+  sessionStorage.setItem(PENDING, JSON.stringify(config));
+  location.hash = "#/train";
+}
 
 export async function trainPage(view) {
   const [schema, models] = await Promise.all([api("/api/schema"), api("/api/models").catch(() => ({ models: [] }))]);
@@ -75,6 +82,13 @@ class ConfigForm {
   }
 
   load() {
+    const pending = sessionStorage.getItem(PENDING);
+    if (pending) {
+      sessionStorage.removeItem(PENDING);
+      this.values = flatten(JSON.parse(pending), "", new Set(this.fields.keys()));
+      localStorage.setItem(STORE, JSON.stringify(this.values));
+      return this.values;
+    }
     try { return JSON.parse(localStorage.getItem(STORE)) || {}; } catch { return {}; }
   }
 
@@ -255,7 +269,7 @@ class ConfigForm {
     if (!file) return;
     try {
       const answer = await api("/api/config/from-yaml", { yaml: await file.text() });
-      this.values = flatten(answer.config, "", new Set([...this.fields.keys()]));
+      this.values = flatten(answer.config, "", new Set(this.fields.keys()));
       localStorage.setItem(STORE, JSON.stringify(this.values));
       this.rebuild();
     } catch (err) {
