@@ -357,3 +357,46 @@ def test_events_stream_to_every_page_that_listens_and_need_the_token(live_server
         app.state.hub.publish({"job": "j1", "event": "step", "step": 7})
         data = next(line for line in lines if line.startswith("data: "))
     assert json.loads(data[len("data: "):]) == {"job": "j1", "event": "step", "step": 7}
+
+
+# ---------------------------------------------------------------------------------- a real training
+
+
+def test_a_real_tiny_training_through_the_api_stops_resumes_and_finishes(tmp_path):
+    """The toy model, a few steps: start, stop (checkpoint + embedding), resume in the same run folder,
+    finish; the embedding, downloaded in the diffusers layout, loads with load_textual_inversion."""
+    from diffusers import StableDiffusionPipeline
+
+    from tiforge.toy.demo import demo_images_dir
+    from tiforge.toy.model import toy_model_dir
+
+    root = tmp_path / "web"
+    root.mkdir()
+    c = TestClient(create_app(root))
+    form = {"model": str(toy_model_dir()), "placeholder_token": "<star>", "initializer_token": "toy",
+            "base_output_dir": "runs", "max_train_steps": 12, "train_batch_size": 2, "seed": 0, "report_to": "none",
+            "optimizer.learning_rate": 1e-2, "data_loader.dataset.dataset_dir": str(demo_images_dir()),
+            "data_loader.caption_templates": ["a {}"], "data_loader.resolution": 32,
+            "data_loader.dataloader_num_workers": 0, "validation_prompts": ["a <star>"],
+            "num_validation_images_per_prompt": 1, "num_validation_inference_steps": 2}
+    first = c.post("/api/jobs", json={"config": form}).json()
+    job = lambda jid: c.get(f"/api/jobs/{jid}").json()  # noqa: E731
+    wait_for(lambda: job(first["id"])["step"] >= 1, 120, "the first step")
+    c.post(f"/api/jobs/{first['id']}/stop")
+    stopped = wait_for(lambda: job(first["id"])["state"] in ("stopped", "failed") and job(first["id"]), 120, "stop")
+    assert stopped["state"] == "stopped" and stopped["resumable"], stopped["log_tail"][-5:]
+    assert stopped["step"] < 12
+    resumed = c.post(f"/api/jobs/{first['id']}/resume").json()
+    done = wait_for(lambda: job(resumed["id"])["state"] in ("finished", "failed") and job(resumed["id"]), 180, "finish")
+    assert done["state"] == "finished", done["log_tail"][-10:]
+    assert done["run_dir"] == stopped["run_dir"] and done["history"][0][0] == stopped["step"] + 1
+    assert done["step"] == 12 and done["grid"] and c.get(done["grid"]).status_code == 200
+    run = c.get("/api/runs").json()["runs"][0]
+    assert Path(stopped["run_dir"]).name in run["id"]
+    download = c.get(f"/api/runs/{run['id']}/embedding", params={"layout": "diffusers"})
+    assert download.status_code == 200
+    path = tmp_path / "star.safetensors"
+    path.write_bytes(download.content)
+    pipe = StableDiffusionPipeline.from_pretrained(str(toy_model_dir()), safety_checker=None)
+    pipe.load_textual_inversion(str(path))
+    assert "<star>" in pipe.tokenizer.get_vocab()
