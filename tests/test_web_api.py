@@ -119,6 +119,42 @@ def test_an_invoke_training_yaml_loads_as_it_is(client):
     assert "not valid YAML" in bad["errors"][0]["message"]
 
 
+def test_data_preview_shows_captions_as_trained_tokens_warnings_and_bad_files(client, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import make_images
+
+    pictures = make_images(tmp_path / "pictures", n=3, captions=["a photo of <t> in red", "just a circle"])
+    (pictures / "broken.png").write_bytes(b"not a picture")
+    (pictures / "broken.txt").write_text("<t>")
+    form = tiny_form(tmp_path, **{"data_loader.dataset.dataset_dir": str(pictures), "data_loader.caption_preset": "",
+                                  "data_loader.dataset.type": "IMAGE_CAPTION_DIR_DATASET", "data_loader.resolution": 32})
+    answer = client.post("/api/data/preview", json={"config": form}).json()
+    assert answer["count"] == 3 and [b["file"] for b in answer["bad_files"]] == ["broken.png"]
+    first = next(i for i in answer["items"] if i["file"] == "img_0.png")
+    assert first["caption"] == "a photo of <t> in red"
+    marked = [t["text"] for t in first["tokens"] if t["placeholder"]]
+    assert marked == ["<t>"] and first["tokens"][0]["id"] == 49406
+    assert any("do not contain the placeholder" in w and "img_1.png" in w for w in answer["warnings"])
+    thumb = client.get(first["image"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+    preview_id = first["image"].split("job=")[1]
+    assert client.get(f"/api/data/thumb?id=99&job={preview_id}").status_code == 404
+    missing = client.post("/api/data/preview", json={"config": tiny_form(tmp_path / "nowhere")})
+    assert missing.status_code == 400 and missing.json()["field"] == "data_loader.dataset"
+
+
+def test_the_model_list_offers_the_toy_models_and_the_console_uis_folders(client, tmp_path, monkeypatch):
+    folder = tmp_path / "models" / "my-sd"
+    folder.mkdir(parents=True)
+    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
+    monkeypatch.setenv("TIFORGE_MODEL_DIRS", str(tmp_path / "models"))
+    found = client.get("/api/models").json()["models"]
+    assert {"name": "my-sd", "path": str(folder), "family": "sdxl"} in found
+    assert {m["family"] for m in found if "toy" in m["name"]} == {"sd", "sdxl"}
+
+
 # ---------------------------------------------------------------------------------- the token
 
 
