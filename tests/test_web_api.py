@@ -119,6 +119,42 @@ def test_an_invoke_training_yaml_loads_as_it_is(client):
     assert "not valid YAML" in bad["errors"][0]["message"]
 
 
+def test_data_preview_shows_captions_as_trained_tokens_warnings_and_bad_files(client, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import make_images
+
+    pictures = make_images(tmp_path / "pictures", n=3, captions=["a photo of <t> in red", "just a circle"])
+    (pictures / "broken.png").write_bytes(b"not a picture")
+    (pictures / "broken.txt").write_text("<t>")
+    form = tiny_form(tmp_path, **{"data_loader.dataset.dataset_dir": str(pictures), "data_loader.caption_preset": "",
+                                  "data_loader.dataset.type": "IMAGE_CAPTION_DIR_DATASET", "data_loader.resolution": 32})
+    answer = client.post("/api/data/preview", json={"config": form}).json()
+    assert answer["count"] == 3 and [b["file"] for b in answer["bad_files"]] == ["broken.png"]
+    first = next(i for i in answer["items"] if i["file"] == "img_0.png")
+    assert first["caption"] == "a photo of <t> in red"
+    marked = [t["text"] for t in first["tokens"] if t["placeholder"]]
+    assert marked == ["<t>"] and first["tokens"][0]["id"] == 49406
+    assert any("do not contain the placeholder" in w and "img_1.png" in w for w in answer["warnings"])
+    thumb = client.get(first["image"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+    preview_id = first["image"].split("job=")[1]
+    assert client.get(f"/api/data/thumb?id=99&job={preview_id}").status_code == 404
+    missing = client.post("/api/data/preview", json={"config": tiny_form(tmp_path / "nowhere")})
+    assert missing.status_code == 400 and missing.json()["field"] == "data_loader.dataset"
+
+
+def test_the_model_list_offers_the_toy_models_and_the_console_uis_folders(client, tmp_path, monkeypatch):
+    folder = tmp_path / "models" / "my-sd"
+    folder.mkdir(parents=True)
+    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
+    monkeypatch.setenv("TIFORGE_MODEL_DIRS", str(tmp_path / "models"))
+    found = client.get("/api/models").json()["models"]
+    assert {"name": "my-sd", "path": str(folder), "family": "sdxl"} in found
+    assert {m["family"] for m in found if "toy" in m["name"]} == {"sd", "sdxl"}
+
+
 # ---------------------------------------------------------------------------------- the token
 
 
@@ -357,3 +393,46 @@ def test_events_stream_to_every_page_that_listens_and_need_the_token(live_server
         app.state.hub.publish({"job": "j1", "event": "step", "step": 7})
         data = next(line for line in lines if line.startswith("data: "))
     assert json.loads(data[len("data: "):]) == {"job": "j1", "event": "step", "step": 7}
+
+
+# ---------------------------------------------------------------------------------- a real training
+
+
+def test_a_real_tiny_training_through_the_api_stops_resumes_and_finishes(tmp_path):
+    """The toy model, a few steps: start, stop (checkpoint + embedding), resume in the same run folder,
+    finish; the embedding, downloaded in the diffusers layout, loads with load_textual_inversion."""
+    from diffusers import StableDiffusionPipeline
+
+    from tiforge.toy.demo import demo_images_dir
+    from tiforge.toy.model import toy_model_dir
+
+    root = tmp_path / "web"
+    root.mkdir()
+    c = TestClient(create_app(root))
+    form = {"model": str(toy_model_dir()), "placeholder_token": "<star>", "initializer_token": "toy",
+            "base_output_dir": "runs", "max_train_steps": 12, "train_batch_size": 2, "seed": 0, "report_to": "none",
+            "optimizer.learning_rate": 1e-2, "data_loader.dataset.dataset_dir": str(demo_images_dir()),
+            "data_loader.caption_templates": ["a {}"], "data_loader.resolution": 32,
+            "data_loader.dataloader_num_workers": 0, "validation_prompts": ["a <star>"],
+            "num_validation_images_per_prompt": 1, "num_validation_inference_steps": 2}
+    first = c.post("/api/jobs", json={"config": form}).json()
+    job = lambda jid: c.get(f"/api/jobs/{jid}").json()  # noqa: E731
+    wait_for(lambda: job(first["id"])["step"] >= 1, 120, "the first step")
+    c.post(f"/api/jobs/{first['id']}/stop")
+    stopped = wait_for(lambda: job(first["id"])["state"] in ("stopped", "failed") and job(first["id"]), 120, "stop")
+    assert stopped["state"] == "stopped" and stopped["resumable"], stopped["log_tail"][-5:]
+    assert stopped["step"] < 12
+    resumed = c.post(f"/api/jobs/{first['id']}/resume").json()
+    done = wait_for(lambda: job(resumed["id"])["state"] in ("finished", "failed") and job(resumed["id"]), 180, "finish")
+    assert done["state"] == "finished", done["log_tail"][-10:]
+    assert done["run_dir"] == stopped["run_dir"] and done["history"][0][0] == stopped["step"] + 1
+    assert done["step"] == 12 and done["grid"] and c.get(done["grid"]).status_code == 200
+    run = c.get("/api/runs").json()["runs"][0]
+    assert Path(stopped["run_dir"]).name in run["id"]
+    download = c.get(f"/api/runs/{run['id']}/embedding", params={"layout": "diffusers"})
+    assert download.status_code == 200
+    path = tmp_path / "star.safetensors"
+    path.write_bytes(download.content)
+    pipe = StableDiffusionPipeline.from_pretrained(str(toy_model_dir()), safety_checker=None)
+    pipe.load_textual_inversion(str(path))
+    assert "<star>" in pipe.tokenizer.get_vocab()

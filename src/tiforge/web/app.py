@@ -8,13 +8,13 @@ from importlib import resources
 from pathlib import Path
 
 from fastapi import Body, FastAPI, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from starlette.concurrency import run_in_threadpool
 
-from tiforge.web import config_form, embeddings, files, jobs, runs
+from tiforge.web import config_form, data_preview, embeddings, files, jobs, models, runs
 from tiforge.web.limits import DEFAULT_MAX_UPLOAD, UploadLimit
 from tiforge.web.auth import install_token_check
 from tiforge.web.errors import ApiError, install_error_handlers
@@ -44,6 +44,7 @@ def create_app(root: str | Path, token: str | None = None, hosts: list[str] | No
     _job_routes(app)
     _run_routes(app)
     _embedding_routes(app)
+    _data_routes(app)
     return app
 
 
@@ -220,3 +221,23 @@ def _embedding_routes(app: FastAPI) -> None:
     @app.get("/api/generated/{gen_id}/{name}")
     def picture(gen_id: str, name: str):
         return FileResponse(embeddings.generated(root, gen_id, name))
+
+
+def _data_routes(app: FastAPI) -> None:
+    previews = data_preview.Previews()
+
+    @app.post("/api/data/preview")
+    def preview(config: dict = Body(..., embed=True)):
+        from tiforge.config.loading import config_from_dict
+
+        answer = config_form.validate(config)
+        _refuse_invalid(answer)
+        return data_preview.preview(config_from_dict(answer["config"], "form"), previews)
+
+    @app.get("/api/data/thumb")
+    def thumb(id: int, job: str):
+        return Response(data_preview.thumbnail(previews.file(job, id)), media_type="image/png")
+
+    @app.get("/api/models")
+    def model_list():
+        return {"models": models.local_models()}

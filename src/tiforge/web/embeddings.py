@@ -117,7 +117,7 @@ def convert_to(root: Path, path: Path, to: str) -> Path:
     emb = _load(path)
     target = work_dir(root, "converted") / f"{emb.trigger(path).strip('<>') or 'embedding'}-{to}{CONTAINER[to]}"
     try:
-        return convert(path, target, to)
+        return convert(path, target, to, token=emb.token)  # the trained placeholder, where the file records it
     except EmbeddingFileError as err:
         raise ApiError(400, str(err), "to") from None
 

@@ -153,6 +153,7 @@ class JobManager:
                 job.log_tail.append(line.rstrip("\n"))
                 continue
             if isinstance(event, dict):
+                event = absolute_paths(event, self.root)
                 hear(job, event)
                 self.publish({"job": job.id, **event})
         self._finished(job, job.process.wait())
@@ -172,6 +173,12 @@ class JobManager:
 
     def _announce(self, job: Job) -> None:
         self.publish({"job": job.id, "event": "state", "state": job.state})
+
+
+def absolute_paths(event: dict, root: Path) -> dict:
+    """The run prints paths relative to its working folder, the web root."""
+    return {k: str(root / v) if k in ("run_dir", "path", "embedding") and isinstance(v, str) and v else v
+            for k, v in event.items()}
 
 
 def hear(job: Job, event: dict) -> None:
