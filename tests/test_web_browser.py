@@ -191,18 +191,27 @@ def test_train_watch_stop_resume_download(server, browser, shots, tmp_path):
     for path, value in typed.items():
         fill(d, path, value)
 
+    # Data preview: each picture with its caption as trained, the placeholder's tokens marked.
+    d.find_element(By.ID, "preview-data").click()
+    until(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#preview .thumb img")) == 6, timeout=30,
+          message=f"no data preview: {text(d, '#preview')}")
+    marked = d.find_elements(By.CSS_SELECTOR, "#preview .thumb .tok.ph")
+    assert marked and TOKEN in marked[0].text
+    assert d.execute_script("return [...document.querySelectorAll('#preview img')].every((i) => i.naturalWidth > 0)")
+    screenshot(d, shots, "1-train-data-preview", focus=d.find_element(By.ID, "preview"))
+
     # A bad value: the config's own message appears under that field, and Start stays disabled.
     fill(d, "optimizer.learning_rate", "fast")
     until(d, lambda d: field(d, "optimizer.learning_rate").find_element(By.CLASS_NAME, "error").text,
           timeout=15, message="no message under the bad learning rate")
     assert "invalid" in field(d, "optimizer.learning_rate").get_attribute("class")
     assert not d.find_element(By.ID, "start").is_enabled()
-    screenshot(d, shots, "1-train-form-bad-value", focus=field(d, "optimizer.learning_rate"))
+    screenshot(d, shots, "2a-train-form-bad-value", focus=field(d, "optimizer.learning_rate"))
     fill(d, "optimizer.learning_rate", "0.01")
     until(d, lambda d: d.find_element(By.ID, "start").is_enabled(), timeout=15,
           message=f"the form never became valid: {text(d, '#form-status')}")
     assert not field(d, "optimizer.learning_rate").find_element(By.CLASS_NAME, "error").text
-    screenshot(d, shots, "2-train-form-valid")
+    screenshot(d, shots, "2b-train-form-valid")
 
     # Start: the job page shows steps, the curve and the first validation grid while it runs.
     d.find_element(By.ID, "start").click()
@@ -292,13 +301,15 @@ def embedding_page(d, shots: Path) -> None:
     Select(d.find_element(By.ID, "embedding-pick")).select_by_index(1)
     until(d, lambda d: text(d, "#inspect-layout") not in ("", "-"), timeout=30,
           message=f"no inspection: {text(d, '#view')}")
+    assert "vector 0" in text(d, "#inspect-nearest")
+    screenshot(d, shots, "9a-embedding-inspect")
     fill_text(d, "gen-prompt", f"a {TOKEN}")
     fill_text(d, "gen-steps", "2")
     fill_text(d, "gen-count", "2")
     d.find_element(By.ID, "generate").click()
     until(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gen-images img")) == 2, timeout=60,
           message=f"no pictures: {text(d, '#gen-images')}")
-    screenshot(d, shots, "9-embedding")
+    screenshot(d, shots, "9b-embedding-generate", focus=d.find_element(By.ID, "gen-images"))
 
 
 def fill_text(d, element_id: str, value: str) -> None:

@@ -1,6 +1,6 @@
 // Embedding page: upload a file or pick a run's, read `inspect`'s answer, convert it to another
 // tool's layout, and generate pictures with it on a chosen model.
-import { h, api, download, fmt, status, errorBox, pageTitle } from "./ui.js";
+import { h, api, download, fmt, status, errorBox, pageTitle, modelLabel } from "./ui.js";
 
 export async function embeddingPage(view, preset) {
   const [{ runs }, { models }] = await Promise.all([api("/api/runs"), api("/api/models").catch(() => ({ models: [] }))]);
@@ -12,7 +12,7 @@ export async function embeddingPage(view, preset) {
   const pick = h("select", { id: "embedding-pick" }, h("option", { value: "" }, files.length ? "a run's embedding..." : "(no run embeddings yet)"),
     files.map((f) => h("option", { value: f.url, selected: f.url === preset }, `${f.run}: ${f.path}`)));
   const model = h("select", { id: "embedding-model" }, h("option", { value: "" }, "(no model: skip nearest tokens)"),
-    models.map((m) => h("option", { value: m.path }, `${m.name} (${m.family || "?"})`)));
+    models.map((m) => h("option", { value: m.path }, modelLabel(m))));
   if (models.length) model.selectedIndex = 1;
 
   async function inspect(body) {
@@ -57,10 +57,18 @@ function inspection(a) {
       h("dt", {}, "family"), h("dd", {}, a.family ?? "-"),
       h("dt", {}, "vectors"), h("dd", {}, `${a.vectors ?? "-"} x ${a.dim ?? "-"}`),
       h("dt", {}, "norms"), h("dd", {}, (a.norms || []).map((n) => fmt(n, 3)).join(", ") || "-"),
-      h("dt", {}, "nearest tokens"), h("dd", {}, nearest.length ? nearest.map((n) => h("div", {}, typeof n === "string" ? n : JSON.stringify(n))) : "-")),
+      h("dt", {}, "nearest tokens"), h("dd", { id: "inspect-nearest" }, nearest.length ? nearest.map(nearestLine) : "-")),
     h("h2", {}, "Loads in"),
     h("table", {}, h("tr", {}, h("th", {}, "tool"), h("th", {}, ""), h("th", {}, "why")),
       (a.loads_in || []).map((t) => h("tr", {}, h("td", {}, t.tool), h("td", {}, t.ok ? "yes" : "no"), h("td", { class: "muted" }, t.reason || "")))));
+}
+
+// {"vector": 0, "encoder": "clip_l"|null, "tokens": [[text, similarity], ...]} -> one line per vector
+function nearestLine(n) {
+  if (!n || typeof n !== "object") return h("div", {}, String(n));
+  const head = `vector ${n.vector}${n.encoder ? ` (${n.encoder})` : ""}: `;
+  return h("div", {}, h("span", { class: "muted" }, head),
+    (n.tokens || []).map(([text, sim]) => h("span", { class: "tok", title: "cosine similarity" }, text, h("i", {}, fmt(sim, 2)))));
 }
 
 function convertCard(source) {
@@ -75,7 +83,7 @@ function convertCard(source) {
 }
 
 function generateCard(source, models, chosen) {
-  const model = h("select", { id: "gen-model" }, models.map((m) => h("option", { value: m.path, selected: m.path === chosen }, `${m.name} (${m.family || "?"})`)));
+  const model = h("select", { id: "gen-model" }, models.map((m) => h("option", { value: m.path, selected: m.path === chosen }, modelLabel(m))));
   const prompt = h("input", { type: "text", id: "gen-prompt", placeholder: "a prompt using the embedding's token, e.g. a photo of <my-concept>" });
   const steps = h("input", { type: "text", id: "gen-steps", value: "20", inputmode: "numeric" });
   const seed = h("input", { type: "text", id: "gen-seed", value: "0", inputmode: "numeric" });

@@ -1,6 +1,6 @@
 // Train page: the config form generated from GET /api/schema, validated as you type by the
 // config's own rules (POST /api/config/validate), YAML in and out, a data preview, and Start.
-import { h, api, saveBlob, status, errorBox, pageTitle } from "./ui.js";
+import { h, api, saveBlob, status, errorBox, pageTitle, modelLabel } from "./ui.js";
 
 const STORE = "tiforge.form"; // the form's values survive a reload, as the console UI's do
 const PENDING = "tiforge.pending-config"; // a config another page hands to the form (a run's "train again")
@@ -129,7 +129,8 @@ class ConfigForm {
       h("button", { onclick: () => { this.values = {}; localStorage.removeItem(STORE); this.rebuild(); } }, "Clear form"),
       this.startButton);
     this.body = h("div", { id: "form" }, this.groups.map((g) => this.group(g)));
-    return h("div", {}, pageTitle("Train an embedding", actions), this.status, this.preview, this.body);
+    const bar = h("div", { class: "sticky" }, pageTitle("Train an embedding", actions), this.status);
+    return h("div", {}, bar, this.preview, this.body);
   }
 
   rebuild() {
@@ -190,7 +191,7 @@ class ConfigForm {
     };
     return h("select", { id: "model-picker", style: "margin-top:4px", onchange: pick },
       h("option", { value: "" }, `pick one of ${this.models.length} model(s) found...`),
-      this.models.map((m, i) => h("option", { value: i }, `${m.name} (${m.family || "?"}) - ${m.path}`)));
+      this.models.map((m, i) => h("option", { value: i }, `${modelLabel(m)} - ${m.path}`)));
   }
 
   refresh(path) {

@@ -102,3 +102,8 @@ export function onEvent(listener) {
 export function pageTitle(text, ...extra) {
   return h("div", { class: "row" }, h("h1", { class: "grow" }, text), ...extra);
 }
+
+// "tiforge toy model (SD)" stays as it is; a name without its family gets it added.
+export function modelLabel(m) {
+  return m.family && !m.name.toLowerCase().includes(`(${m.family})`) ? `${m.name} (${m.family})` : m.name;
+}
