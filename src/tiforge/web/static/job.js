@@ -74,6 +74,7 @@ class JobView {
   async earlier(id) {
     try {
       const prior = await api(`/api/jobs/${encodeURIComponent(id)}`);
+      this.priorGrid = this.priorGrid || prior.grid; // the same run folder's grid until this job validates
       const before = prior.resumed_from ? await this.earlier(prior.resumed_from) : [];
       return before.filter((r) => r[0] < ((prior.history || [])[0] || [Infinity])[0]).concat(prior.history || []);
     } catch {
@@ -142,10 +143,11 @@ class JobView {
       stat(fmt(j.lr), "learning rate"),
       stat(j.steps_per_s ? `${fmt(j.steps_per_s, 2)}/s` : "-", "speed"),
       stat(LIVE.has(j.state) ? duration(j.eta_s) : "-", "time left"));
-    if (j.grid && this.el.grid.dataset.src !== j.grid) {
-      this.el.grid.dataset.src = j.grid;
-      this.el.grid.replaceChildren(h("a", { href: j.grid, target: "_blank" }, h("img", { class: "grid", src: j.grid, alt: "validation grid" })),
-        h("div", { class: "muted" }, j.grid.split("/").slice(-2).join("/")));
+    const grid = j.grid || this.priorGrid;
+    if (grid && this.el.grid.dataset.src !== grid) {
+      this.el.grid.dataset.src = grid;
+      this.el.grid.replaceChildren(h("a", { href: grid, target: "_blank" }, h("img", { class: "grid", src: grid, alt: "validation grid" })),
+        h("div", { class: "muted" }, decodeURIComponent(grid.split("/").slice(-2).join("/"))));
     }
     this.el.log.textContent = (j.log_tail || []).join("\n");
     this.el.log.scrollTop = this.el.log.scrollHeight;

@@ -4,7 +4,7 @@ import { drawChart, legend, runSeries } from "./chart.js";
 import { trainWith } from "./train.js";
 
 const LAYOUTS = ["diffusers", "a1111", "kohya"];
-const NO_HISTORY = "no loss history: this run has no metrics.jsonl";
+const NO_HISTORY = "no loss history (the run folder has no metrics.jsonl)";
 const runUrl = (id) => `/api/runs/${id.split("/").map(encodeURIComponent).join("/")}`;
 const hashId = (id) => encodeURIComponent(id);
 
@@ -95,8 +95,8 @@ export async function comparePage(view, a, b) {
     h("section", { class: "card" }, h("h2", {}, "Loss and learning rate"), canvas, legend(series)),
     h("div", { class: "side" }, runs.map((r) => h("section", { class: "card" },
       h("h2", {}, h("a", { href: `#/run/${hashId(r.id)}` }, r.name || r.id)),
-      h("div", { class: "muted" }, `${r.steps ?? "?"} steps, final loss ${fmt(r.loss)}`,
-        (r.history || []).length ? "" : " - no loss history (metrics.jsonl)"),
+      h("div", { class: "muted" }, `${r.steps ?? "?"} steps`, r.loss == null ? "" : `, final loss ${fmt(r.loss)}`,
+        (r.history || []).length ? "" : " (no loss history: no metrics.jsonl)"),
       grids(r.grids)))));
   const draw = () => drawChart(canvas, series, { empty: NO_HISTORY });
   draw();
