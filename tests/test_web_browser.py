@@ -142,12 +142,15 @@ def step_shown(driver) -> int:
 
 
 def ink(driver, canvas_id: str) -> int:
-    """How many pixels of the chart are drawn in a curve's blue: 0 on an empty chart."""
+    """How many pixels of the chart are in a curve's colour (not the grey of axes and text): 0 on an
+    empty chart."""
     return driver.execute_script("""
         const c = document.getElementById(arguments[0]);
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let n = 0;
-        for (let i = 0; i < d.length; i += 4) if (d[i + 2] > 150 && d[i] < 120 && d[i + 3] > 0) n++;
+        for (let i = 0; i < d.length; i += 4) {
+          if (d[i + 3] > 0 && Math.max(d[i], d[i + 1], d[i + 2]) - Math.min(d[i], d[i + 1], d[i + 2]) > 80) n++;
+        }
         return n;""", canvas_id)
 
 
