@@ -88,17 +88,24 @@ class JobManager:
 
     def _start_next(self) -> None:
         with self._lock:
-            if self._running() is not None:
-                return
-            job = next((j for j in self.jobs.values() if j.state == "queued"), None)
-            if job is not None:
-                self._launch(job)
+            while self._running() is None:
+                job = next((j for j in self.jobs.values() if j.state == "queued"), None)
+                if job is None:
+                    return
+                self._launch(job)  # one that cannot even start is failed; then the next
 
     def _launch(self, job: Job) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        job.process = subprocess.Popen(
-            self.train_command(job.config_path), cwd=self.root, env=env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        try:
+            # Its own session: a Ctrl-C in the server's terminal reaches the run once, through shutdown()
+            # (a second SIGINT would interrupt the run's saving).
+            job.process = subprocess.Popen(
+                self.train_command(job.config_path), cwd=self.root, env=env, start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        except OSError as err:
+            job.state, job.error = "failed", f"could not start the training: {err}"
+            self._announce(job)
+            return
         job.state = "running"
         self._announce(job)
         threading.Thread(target=self._read_log, args=(job,), daemon=True).start()

@@ -44,4 +44,4 @@ def serve(host: str = "127.0.0.1", port: int = 7860, root: str | Path = ".", ope
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
-        app.state.jobs.shutdown() if hasattr(app.state, "jobs") else None
+        app.state.jobs.shutdown()  # a running training saves a checkpoint and stops, as on Ctrl-C
