@@ -167,6 +167,8 @@ def test_without_the_token_every_request_is_refused_when_bound_beyond_localhost(
             assert r.status_code == 403 and "token" in r.json()["error"], (url, headers)
     r = c.post("/api/config/validate", json={"config": {}}, params={"token": "wrong"})
     assert r.status_code == 403
+    r = c.post("/api/embeddings/inspect", files={"file": ("big.safetensors", b"0" * (51 * 2**20))})
+    assert r.status_code == 403  # the token is checked before anything else, the upload limit included
 
 
 def test_the_token_is_accepted_by_query_header_or_the_cookie_the_page_sets(root):

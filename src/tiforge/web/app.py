@@ -1,5 +1,5 @@
 """The web app: `create_app(root, token)` wires the pieces (each route is a few lines calling the
-module that does the work); see docs in /api and the README's "tiforge web"."""
+module that does the work). The API is described at /api/openapi.json and in the README's "tiforge web"."""
 
 from __future__ import annotations
 
@@ -10,15 +10,14 @@ from pathlib import Path
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from starlette.concurrency import run_in_threadpool
-
 from tiforge.web import config_form, data_preview, embeddings, files, jobs, models, runs
-from tiforge.web.limits import DEFAULT_MAX_UPLOAD, UploadLimit
 from tiforge.web.auth import install_token_check
 from tiforge.web.errors import ApiError, install_error_handlers
 from tiforge.web.events_hub import EventHub
+from tiforge.web.limits import DEFAULT_MAX_UPLOAD, UploadLimit
 from tiforge.web.schema_form import form_schema
 
 
@@ -33,10 +32,11 @@ def create_app(root: str | Path, token: str | None = None, hosts: list[str] | No
     app = FastAPI(title="tiforge web", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
     app.state.root = Path(root).expanduser().resolve()
     install_error_handlers(app)
+    # The last added runs first: the Host check, then the token, then the upload limit.
+    app.add_middleware(UploadLimit, max_bytes=max_upload, paths=("/api/embeddings/inspect",))
     install_token_check(app, token)
     if hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
-    app.add_middleware(UploadLimit, max_bytes=max_upload, paths=("/api/embeddings/inspect",))
     app.state.hub = EventHub()
     app.state.jobs = jobs.JobManager(app.state.root, app.state.hub.publish)
     _page_routes(app)
