@@ -189,6 +189,20 @@ def test_on_localhost_other_host_names_are_refused(root):
     assert c.get("/api/schema", headers={"host": "attacker.example"}).status_code == 400
 
 
+def test_tiforge_web_binds_localhost_without_a_token_and_anything_else_with_one(monkeypatch):
+    from tiforge.frontends.cli import main
+    from tiforge.web import server
+
+    assert server.token_for_host("127.0.0.1") is None
+    token = server.token_for_host("0.0.0.0")
+    assert token and len(token) >= 32 and token != server.token_for_host("0.0.0.0")
+    assert server.address("0.0.0.0", 7860, "abc") == "http://0.0.0.0:7860/?token=abc"
+    calls = []
+    monkeypatch.setattr(server, "serve", lambda **kw: calls.append(kw))
+    assert main(["web", "--no-browser", "--port", "9000", "--root", "/data"]) == 0
+    assert calls == [{"host": "127.0.0.1", "port": 9000, "root": "/data", "open_browser": False}]
+
+
 # ---------------------------------------------------------------------------------- runs and files
 
 
@@ -327,6 +341,15 @@ def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def test_long_curves_are_thinned_and_checkpoint_names_give_their_step():
+    from tiforge.web.jobs import checkpoint_step, thinned
+
+    rows = [[s, 1.0, 0.1] for s in range(1, 10_001)]
+    assert len(thinned(rows)) <= 2001 and thinned(rows)[0][0] == 1 and thinned(rows)[-1][0] == 10_000
+    assert checkpoint_step("/r/checkpoints/checkpoint-step_00000087") == 87 and checkpoint_step("out/checkpoint-500/") == 500
+    assert checkpoint_step(None) is None
+
+
 def test_jobs_run_one_at_a_time_stop_resume_and_fail_cleanly(root, tmp_path):
     script = tmp_path / "fake_trainer.py"
     script.write_text(FAKE_TRAINER)
@@ -352,8 +375,8 @@ def test_jobs_run_one_at_a_time_stop_resume_and_fail_cleanly(root, tmp_path):
     assert resumed["id"] != first["id"] and resumed["resumed_from"] == first["id"]
     assert c.post(f"/api/jobs/{second['id']}/resume").status_code == 409
     assert c.post("/api/jobs/nope/stop").status_code == 404
-    going = wait_for(lambda: (j := c.get(f"/api/jobs/{resumed['id']}").json())["history"] and j, what="resumed steps")
-    assert going["history"][0][0] == 2  # it went on after the checkpoint's step
+    going = wait_for(lambda: (j := c.get(f"/api/jobs/{resumed['id']}").json())["step"] >= 2 and j, what="resumed steps")
+    assert going["history"][:2] == [[1, 1.0, 0.01], [2, 0.5, 0.01]]  # the curve goes on after the checkpoint's step
     c.post(f"/api/jobs/{resumed['id']}/stop")
     wait_for(lambda: c.get(f"/api/jobs/{resumed['id']}").json()["state"] == "stopped", what="second stop")
     assert [j["id"] for j in c.get("/api/jobs").json()["jobs"]] == [first["id"], second["id"], resumed["id"]]
@@ -427,7 +450,7 @@ def test_a_real_tiny_training_through_the_api_stops_resumes_and_finishes(tmp_pat
     resumed = c.post(f"/api/jobs/{first['id']}/resume").json()
     done = wait_for(lambda: job(resumed["id"])["state"] in ("finished", "failed") and job(resumed["id"]), 180, "finish")
     assert done["state"] == "finished", done["log_tail"][-10:]
-    assert done["run_dir"] == stopped["run_dir"] and done["history"][0][0] == stopped["step"] + 1
+    assert done["run_dir"] == stopped["run_dir"] and [row[0] for row in done["history"]] == list(range(1, 13))
     assert done["step"] == 12 and done["grid"] and c.get(done["grid"]).status_code == 200
     run = c.get("/api/runs").json()["runs"][0]
     assert Path(stopped["run_dir"]).name in run["id"]

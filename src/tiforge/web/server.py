@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import threading
 import webbrowser
@@ -36,6 +37,8 @@ def serve(host: str = "127.0.0.1", port: int = 7860, root: str | Path = ".", ope
     app = create_app(root, token, hosts=hosts)
     url = address("127.0.0.1" if host in ("0.0.0.0", "::") else host, port, token)
     print(f"tiforge web: serving {Path(root).resolve()} at {url}", flush=True)
+    if host in ("0.0.0.0", "::"):  # every interface: other machines use this one's name
+        print(f"  from other machines: {address(socket.gethostname(), port, token)}", flush=True)
     if token:
         print("  every request needs this token (the link above sets it in the browser); keep it private",
               flush=True)
