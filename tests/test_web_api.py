@@ -109,6 +109,15 @@ def test_a_valid_form_gives_yaml_that_tiforge_train_loads_unchanged(client, tmp_
     assert back["errors"] == [] and back["config"]["max_train_steps"] == 2
 
 
+def test_the_family_follows_the_chosen_model(client, tmp_path):
+    from tiforge.toy.model import toy_model_dir
+
+    answer = client.post("/api/config/validate", json={"config": tiny_form(tmp_path, model=str(toy_model_dir("sdxl")))})
+    assert answer.json()["family"] == "sdxl" and "type: SDXL_TEXTUAL_INVERSION" in answer.json()["yaml"]
+    sd = client.post("/api/config/validate", json={"config": tiny_form(tmp_path, model=str(toy_model_dir("sd")))})
+    assert sd.json()["family"] == "sd"
+
+
 def test_an_invoke_training_yaml_loads_as_it_is(client):
     from importlib import resources
 
@@ -461,3 +470,11 @@ def test_a_real_tiny_training_through_the_api_stops_resumes_and_finishes(tmp_pat
     pipe = StableDiffusionPipeline.from_pretrained(str(toy_model_dir()), safety_checker=None)
     pipe.load_textual_inversion(str(path))
     assert "<star>" in pipe.tokenizer.get_vocab()
+    trained = run["embeddings"][0]["url"]
+    seen = c.post("/api/embeddings/inspect", json={"path": trained, "model": str(toy_model_dir())}).json()
+    assert seen["vectors"] == 1 and seen["dim"] == 64 and len(seen["nearest"][0]["tokens"]) == 5
+    pictures = c.post("/api/embeddings/generate", json={"path": trained, "model": str(toy_model_dir()),
+                                                        "prompt": "a <star>", "steps": 2, "count": 2}).json()
+    assert len(pictures["images"]) == 2 and c.get(pictures["images"][0]).headers["content-type"] == "image/png"
+    unused = c.post("/api/embeddings/generate", json={"path": trained, "model": str(toy_model_dir()), "prompt": "a cat"})
+    assert unused.status_code == 400 and "does not use the trigger" in unused.json()["error"]
