@@ -212,6 +212,17 @@ def test_tiforge_web_binds_localhost_without_a_token_and_anything_else_with_one(
     assert calls == [{"host": "127.0.0.1", "port": 9000, "root": "/data", "open_browser": False}]
 
 
+def test_another_sites_page_cannot_start_or_stop_trainings(client, tmp_path):
+    form = {"config": tiny_form(tmp_path)}
+    r = client.post("/api/jobs", content=json.dumps(form), headers={"content-type": "text/plain"})
+    assert r.status_code == 400  # a form post without CORS is not read as JSON
+    for headers in ({"origin": "https://evil.example"}, {"sec-fetch-site": "cross-site"}):
+        r = client.post("/api/jobs/123/stop", headers=headers)
+        assert r.status_code == 403 and "another site" in r.json()["error"]
+    same = client.post("/api/jobs/123/stop", headers={"origin": "http://testserver", "sec-fetch-site": "same-origin"})
+    assert same.status_code == 404  # passed the check; there is no such job
+
+
 # ---------------------------------------------------------------------------------- runs and files
 
 
