@@ -280,6 +280,8 @@ def test_an_oversized_upload_is_413_and_not_stored(root):
     r = c.post("/api/embeddings/inspect", content=chunks(), headers={"content-type": "multipart/form-data; boundary=xx"})
     assert r.status_code == 413
     assert not any((root / ".tiforge-web" / "uploads").glob("*/*"))
+    r = c.post("/api/config/validate", json={"config": {"model": "x" * 3 * 2**20}})
+    assert r.status_code == 413 and "request too large" in r.json()["error"]
 
 
 class _Evil:

@@ -17,7 +17,7 @@ from tiforge.web import config_form, data_preview, embeddings, files, jobs, mode
 from tiforge.web.auth import install_same_origin_check, install_token_check
 from tiforge.web.errors import ApiError, install_error_handlers
 from tiforge.web.events_hub import EventHub
-from tiforge.web.limits import DEFAULT_MAX_UPLOAD, UploadLimit
+from tiforge.web.limits import DEFAULT_MAX_UPLOAD, BodyLimit
 from tiforge.web.schema_form import form_schema
 
 
@@ -32,8 +32,8 @@ def create_app(root: str | Path, token: str | None = None, hosts: list[str] | No
     app = FastAPI(title="tiforge web", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
     app.state.root = Path(root).expanduser().resolve()
     install_error_handlers(app)
-    # The last added runs first: the Host check, the token, the same-origin check, the upload limit.
-    app.add_middleware(UploadLimit, max_bytes=max_upload, paths=("/api/embeddings/inspect",))
+    # The last added runs first: the Host check, the token, the same-origin check, the size limits.
+    app.add_middleware(BodyLimit, uploads={"/api/embeddings/inspect": max_upload})
     install_same_origin_check(app)
     install_token_check(app, token)
     if hosts:
