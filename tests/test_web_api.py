@@ -439,6 +439,8 @@ def test_events_stream_to_every_page_that_listens_and_need_the_token(live_server
         assert next(lines) == ": connected"
         app.state.hub.publish({"job": "j1", "event": "step", "step": 7})
         data = next(line for line in lines if line.startswith("data: "))
+        app.state.hub.close()  # the server stopping: the stream ends instead of holding the shutdown up
+        assert [line for line in lines if line] == []
     assert json.loads(data[len("data: "):]) == {"job": "j1", "event": "step", "step": 7}
 
 
