@@ -238,6 +238,15 @@ def test_runs_are_listed_with_history_grids_and_embeddings(client):
     assert "SD_TEXTUAL_INVERSION" in detail["config_yaml"]
     assert client.get(run["grids"][0]).content == b"\x89PNG fake"
     assert client.get("/api/runs/nope").status_code == 404
+    (root_of(client) / run["id"] / "report.html").write_text("<script>fetch('/api/jobs')</script>")
+    report = client.get(client.get("/api/runs").json()["runs"][0]["report"])
+    assert report.status_code == 200 and "sandbox" in report.headers["content-security-policy"]
+    assert client.post("/api/embeddings/inspect", content=b"{oops", headers={"content-type": "application/json"}
+                       ).status_code == 400
+
+
+def root_of(client: TestClient) -> Path:
+    return client.app.state.root
 
 
 def test_downloads_outside_a_run_folder_are_404(client, root):

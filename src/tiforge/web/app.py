@@ -78,9 +78,7 @@ def _config_routes(app: FastAPI) -> None:
     @app.post("/api/config/to-yaml")
     def to_yaml(config: dict = Body(..., embed=True)):
         answer = config_form.validate(config)
-        if not answer["ok"]:
-            first = answer["errors"][0]
-            raise ApiError(400, first["message"], first["field"], errors=answer["errors"])
+        _refuse_invalid(answer)
         return {"yaml": answer["yaml"]}
 
 
@@ -170,7 +168,10 @@ def _run_routes(app: FastAPI) -> None:
     @app.get("/api/files/{path:path}")
     def download(path: str):
         target = files.safe_file(root, path)
-        return FileResponse(target, filename=target.name if target.suffix not in _INLINE else None)
+        headers = {"X-Content-Type-Options": "nosniff"}
+        if target.suffix == ".html":  # report.html runs as a page of its own, without this server's cookie
+            headers["Content-Security-Policy"] = "sandbox allow-scripts allow-popups"
+        return FileResponse(target, filename=None if target.suffix in _INLINE else target.name, headers=headers)
 
 
 _INLINE = {".png", ".jpg", ".jpeg", ".webp", ".html", ".txt", ".log", ".yaml", ".json", ".jsonl"}
@@ -185,7 +186,10 @@ async def _inspect_request(root: Path, request: Request) -> tuple[Path, str | No
                 raise ApiError(400, "no file in the upload", "file")
             upload_id, path = await run_in_threadpool(embeddings.save_upload, root, upload.filename, upload.file)
             return path, (form.get("model") or None), upload_id
-    body = await request.json()
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
     if not isinstance(body, dict):
         raise ApiError(400, "expected a JSON object")
     path = embeddings.chosen_file(root, body.get("upload_id"), body.get("path"))
