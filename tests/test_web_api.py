@@ -109,6 +109,15 @@ def test_a_valid_form_gives_yaml_that_tiforge_train_loads_unchanged(client, tmp_
     assert back["errors"] == [] and back["config"]["max_train_steps"] == 2
 
 
+def test_the_family_follows_the_chosen_model(client, tmp_path):
+    from tiforge.toy.model import toy_model_dir
+
+    answer = client.post("/api/config/validate", json={"config": tiny_form(tmp_path, model=str(toy_model_dir("sdxl")))})
+    assert answer.json()["family"] == "sdxl" and "type: SDXL_TEXTUAL_INVERSION" in answer.json()["yaml"]
+    sd = client.post("/api/config/validate", json={"config": tiny_form(tmp_path, model=str(toy_model_dir("sd")))})
+    assert sd.json()["family"] == "sd"
+
+
 def test_an_invoke_training_yaml_loads_as_it_is(client):
     from importlib import resources
 
@@ -167,6 +176,8 @@ def test_without_the_token_every_request_is_refused_when_bound_beyond_localhost(
             assert r.status_code == 403 and "token" in r.json()["error"], (url, headers)
     r = c.post("/api/config/validate", json={"config": {}}, params={"token": "wrong"})
     assert r.status_code == 403
+    r = c.post("/api/embeddings/inspect", files={"file": ("big.safetensors", b"0" * (51 * 2**20))})
+    assert r.status_code == 403  # the token is checked before anything else, the upload limit included
 
 
 def test_the_token_is_accepted_by_query_header_or_the_cookie_the_page_sets(root):
@@ -187,6 +198,31 @@ def test_on_localhost_other_host_names_are_refused(root):
     assert c.get("/api/schema", headers={"host": "attacker.example"}).status_code == 400
 
 
+def test_tiforge_web_binds_localhost_without_a_token_and_anything_else_with_one(monkeypatch):
+    from tiforge.frontends.cli import main
+    from tiforge.web import server
+
+    assert server.token_for_host("127.0.0.1") is None
+    token = server.token_for_host("0.0.0.0")
+    assert token and len(token) >= 32 and token != server.token_for_host("0.0.0.0")
+    assert server.address("0.0.0.0", 7860, "abc") == "http://0.0.0.0:7860/?token=abc"
+    calls = []
+    monkeypatch.setattr(server, "serve", lambda **kw: calls.append(kw))
+    assert main(["web", "--no-browser", "--port", "9000", "--root", "/data"]) == 0
+    assert calls == [{"host": "127.0.0.1", "port": 9000, "root": "/data", "open_browser": False}]
+
+
+def test_another_sites_page_cannot_start_or_stop_trainings(client, tmp_path):
+    form = {"config": tiny_form(tmp_path)}
+    r = client.post("/api/jobs", content=json.dumps(form), headers={"content-type": "text/plain"})
+    assert r.status_code == 400  # a form post without CORS is not read as JSON
+    for headers in ({"origin": "https://evil.example"}, {"sec-fetch-site": "cross-site"}):
+        r = client.post("/api/jobs/123/stop", headers=headers)
+        assert r.status_code == 403 and "another site" in r.json()["error"]
+    same = client.post("/api/jobs/123/stop", headers={"origin": "http://testserver", "sec-fetch-site": "same-origin"})
+    assert same.status_code == 404  # passed the check; there is no such job
+
+
 # ---------------------------------------------------------------------------------- runs and files
 
 
@@ -202,6 +238,15 @@ def test_runs_are_listed_with_history_grids_and_embeddings(client):
     assert "SD_TEXTUAL_INVERSION" in detail["config_yaml"]
     assert client.get(run["grids"][0]).content == b"\x89PNG fake"
     assert client.get("/api/runs/nope").status_code == 404
+    (root_of(client) / run["id"] / "report.html").write_text("<script>fetch('/api/jobs')</script>")
+    report = client.get(client.get("/api/runs").json()["runs"][0]["report"])
+    assert report.status_code == 200 and "sandbox" in report.headers["content-security-policy"]
+    assert client.post("/api/embeddings/inspect", content=b"{oops", headers={"content-type": "application/json"}
+                       ).status_code == 400
+
+
+def root_of(client: TestClient) -> Path:
+    return client.app.state.root
 
 
 def test_downloads_outside_a_run_folder_are_404(client, root):
@@ -244,6 +289,8 @@ def test_an_oversized_upload_is_413_and_not_stored(root):
     r = c.post("/api/embeddings/inspect", content=chunks(), headers={"content-type": "multipart/form-data; boundary=xx"})
     assert r.status_code == 413
     assert not any((root / ".tiforge-web" / "uploads").glob("*/*"))
+    r = c.post("/api/config/validate", json={"config": {"model": "x" * 3 * 2**20}})
+    assert r.status_code == 413 and "request too large" in r.json()["error"]
 
 
 class _Evil:
@@ -325,6 +372,15 @@ def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def test_long_curves_are_thinned_and_checkpoint_names_give_their_step():
+    from tiforge.web.jobs import checkpoint_step, thinned
+
+    rows = [[s, 1.0, 0.1] for s in range(1, 10_001)]
+    assert len(thinned(rows)) <= 2001 and thinned(rows)[0][0] == 1 and thinned(rows)[-1][0] == 10_000
+    assert checkpoint_step("/r/checkpoints/checkpoint-step_00000087") == 87 and checkpoint_step("out/checkpoint-500/") == 500
+    assert checkpoint_step(None) is None
+
+
 def test_jobs_run_one_at_a_time_stop_resume_and_fail_cleanly(root, tmp_path):
     script = tmp_path / "fake_trainer.py"
     script.write_text(FAKE_TRAINER)
@@ -350,8 +406,8 @@ def test_jobs_run_one_at_a_time_stop_resume_and_fail_cleanly(root, tmp_path):
     assert resumed["id"] != first["id"] and resumed["resumed_from"] == first["id"]
     assert c.post(f"/api/jobs/{second['id']}/resume").status_code == 409
     assert c.post("/api/jobs/nope/stop").status_code == 404
-    going = wait_for(lambda: (j := c.get(f"/api/jobs/{resumed['id']}").json())["history"] and j, what="resumed steps")
-    assert going["history"][0][0] == 2  # it went on after the checkpoint's step
+    going = wait_for(lambda: (j := c.get(f"/api/jobs/{resumed['id']}").json())["step"] >= 2 and j, what="resumed steps")
+    assert going["history"][:2] == [[1, 1.0, 0.01], [2, 0.5, 0.01]]  # the curve goes on after the checkpoint's step
     c.post(f"/api/jobs/{resumed['id']}/stop")
     wait_for(lambda: c.get(f"/api/jobs/{resumed['id']}").json()["state"] == "stopped", what="second stop")
     assert [j["id"] for j in c.get("/api/jobs").json()["jobs"]] == [first["id"], second["id"], resumed["id"]]
@@ -392,6 +448,8 @@ def test_events_stream_to_every_page_that_listens_and_need_the_token(live_server
         assert next(lines) == ": connected"
         app.state.hub.publish({"job": "j1", "event": "step", "step": 7})
         data = next(line for line in lines if line.startswith("data: "))
+        app.state.hub.close()  # the server stopping: the stream ends instead of holding the shutdown up
+        assert [line for line in lines if line] == []
     assert json.loads(data[len("data: "):]) == {"job": "j1", "event": "step", "step": 7}
 
 
@@ -425,7 +483,7 @@ def test_a_real_tiny_training_through_the_api_stops_resumes_and_finishes(tmp_pat
     resumed = c.post(f"/api/jobs/{first['id']}/resume").json()
     done = wait_for(lambda: job(resumed["id"])["state"] in ("finished", "failed") and job(resumed["id"]), 180, "finish")
     assert done["state"] == "finished", done["log_tail"][-10:]
-    assert done["run_dir"] == stopped["run_dir"] and done["history"][0][0] == stopped["step"] + 1
+    assert done["run_dir"] == stopped["run_dir"] and [row[0] for row in done["history"]] == list(range(1, 13))
     assert done["step"] == 12 and done["grid"] and c.get(done["grid"]).status_code == 200
     run = c.get("/api/runs").json()["runs"][0]
     assert Path(stopped["run_dir"]).name in run["id"]
@@ -436,3 +494,11 @@ def test_a_real_tiny_training_through_the_api_stops_resumes_and_finishes(tmp_pat
     pipe = StableDiffusionPipeline.from_pretrained(str(toy_model_dir()), safety_checker=None)
     pipe.load_textual_inversion(str(path))
     assert "<star>" in pipe.tokenizer.get_vocab()
+    trained = run["embeddings"][0]["url"]
+    seen = c.post("/api/embeddings/inspect", json={"path": trained, "model": str(toy_model_dir())}).json()
+    assert seen["vectors"] == 1 and seen["dim"] == 64 and len(seen["nearest"][0]["tokens"]) == 5
+    pictures = c.post("/api/embeddings/generate", json={"path": trained, "model": str(toy_model_dir()),
+                                                        "prompt": "a <star>", "steps": 2, "count": 2}).json()
+    assert len(pictures["images"]) == 2 and c.get(pictures["images"][0]).headers["content-type"] == "image/png"
+    unused = c.post("/api/embeddings/generate", json={"path": trained, "model": str(toy_model_dir()), "prompt": "a cat"})
+    assert unused.status_code == 400 and "does not use the trigger" in unused.json()["error"]

@@ -1,5 +1,5 @@
 """The web app: `create_app(root, token)` wires the pieces (each route is a few lines calling the
-module that does the work); see docs in /api and the README's "tiforge web"."""
+module that does the work). The API is described at /api/openapi.json and in the README's "tiforge web"."""
 
 from __future__ import annotations
 
@@ -10,15 +10,14 @@ from pathlib import Path
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from starlette.concurrency import run_in_threadpool
-
 from tiforge.web import config_form, data_preview, embeddings, files, jobs, models, runs
-from tiforge.web.limits import DEFAULT_MAX_UPLOAD, UploadLimit
-from tiforge.web.auth import install_token_check
+from tiforge.web.auth import install_same_origin_check, install_token_check
 from tiforge.web.errors import ApiError, install_error_handlers
 from tiforge.web.events_hub import EventHub
+from tiforge.web.limits import DEFAULT_MAX_UPLOAD, BodyLimit
 from tiforge.web.schema_form import form_schema
 
 
@@ -33,10 +32,12 @@ def create_app(root: str | Path, token: str | None = None, hosts: list[str] | No
     app = FastAPI(title="tiforge web", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
     app.state.root = Path(root).expanduser().resolve()
     install_error_handlers(app)
+    # The last added runs first: the Host check, the token, the same-origin check, the size limits.
+    app.add_middleware(BodyLimit, uploads={"/api/embeddings/inspect": max_upload})
+    install_same_origin_check(app)
     install_token_check(app, token)
     if hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
-    app.add_middleware(UploadLimit, max_bytes=max_upload, paths=("/api/embeddings/inspect",))
     app.state.hub = EventHub()
     app.state.jobs = jobs.JobManager(app.state.root, app.state.hub.publish)
     _page_routes(app)
@@ -77,9 +78,7 @@ def _config_routes(app: FastAPI) -> None:
     @app.post("/api/config/to-yaml")
     def to_yaml(config: dict = Body(..., embed=True)):
         answer = config_form.validate(config)
-        if not answer["ok"]:
-            first = answer["errors"][0]
-            raise ApiError(400, first["message"], first["field"], errors=answer["errors"])
+        _refuse_invalid(answer)
         return {"yaml": answer["yaml"]}
 
 
@@ -169,7 +168,10 @@ def _run_routes(app: FastAPI) -> None:
     @app.get("/api/files/{path:path}")
     def download(path: str):
         target = files.safe_file(root, path)
-        return FileResponse(target, filename=target.name if target.suffix not in _INLINE else None)
+        headers = {"X-Content-Type-Options": "nosniff"}
+        if target.suffix == ".html":  # report.html runs as a page of its own, without this server's cookie
+            headers["Content-Security-Policy"] = "sandbox allow-scripts allow-popups"
+        return FileResponse(target, filename=None if target.suffix in _INLINE else target.name, headers=headers)
 
 
 _INLINE = {".png", ".jpg", ".jpeg", ".webp", ".html", ".txt", ".log", ".yaml", ".json", ".jsonl"}
@@ -184,7 +186,10 @@ async def _inspect_request(root: Path, request: Request) -> tuple[Path, str | No
                 raise ApiError(400, "no file in the upload", "file")
             upload_id, path = await run_in_threadpool(embeddings.save_upload, root, upload.filename, upload.file)
             return path, (form.get("model") or None), upload_id
-    body = await request.json()
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
     if not isinstance(body, dict):
         raise ApiError(400, "expected a JSON object")
     path = embeddings.chosen_file(root, body.get("upload_id"), body.get("path"))

@@ -5,6 +5,7 @@ cookie that `GET /?token=` sets."""
 from __future__ import annotations
 
 import secrets
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -47,3 +48,19 @@ def install_token_check(app: FastAPI, token: str | None) -> None:
             # the page's own later requests (scripts, images, events) then carry it without the URL
             response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
         return response
+
+
+def install_same_origin_check(app: FastAPI) -> None:
+    """Another site's page cannot make the browser stop, resume or start trainings here (CSRF): a
+    request that changes something must come from this server's own page, as the browser's Origin
+    and Sec-Fetch-Site headers tell."""
+
+    @app.middleware("http")
+    async def same_origin(request: Request, call_next):
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            origin = request.headers.get("origin")
+            cross = request.headers.get("sec-fetch-site") == "cross-site" or (
+                origin is not None and urlsplit(origin).netloc != request.headers.get("host"))
+            if cross:
+                return JSONResponse({"error": "refused: the request comes from another site's page"}, status_code=403)
+        return await call_next(request)

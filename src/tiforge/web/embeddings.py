@@ -128,12 +128,14 @@ def generate(root: Path, path: Path, model: str, prompt: str, steps: int = 20, s
     from tiforge.embeddings.generate import generate_images
     from tiforge.model.loading import ModelLoadError
 
+    trained = _load(path).token  # the placeholder the run trained, where the file records it
     folder = work_dir(root, "generated")
     try:
-        paths = generate_images(model=model, embeddings=[str(path)], prompt=prompt, steps=steps, seed=seed,
-                                count=count, out_dir=folder)
+        paths = generate_images(model=model, embeddings=[str(path)], tokens=[trained] if trained else None,
+                                prompt=prompt, steps=steps, seed=seed, count=count, out_dir=folder)
     except (EmbeddingFileError, ModelLoadError) as err:
-        raise ApiError(400, str(err), "model" if isinstance(err, ModelLoadError) else "prompt") from None
+        field = "model" if isinstance(err, ModelLoadError) else "prompt" if "prompt" in str(err) else None
+        raise ApiError(400, str(err), field) from None
     return folder.name, paths
 
 

@@ -24,6 +24,16 @@ class EventHub:
             except RuntimeError:  # that page's loop has closed
                 self._drop(queue)
 
+    def close(self) -> None:
+        """Server exit: every open stream ends (they would otherwise hold the shutdown up)."""
+        with self._lock:
+            listeners, self._listeners = self._listeners, []
+        for loop, queue in listeners:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+            except RuntimeError:
+                pass
+
     def _drop(self, queue: asyncio.Queue) -> None:
         with self._lock:
             self._listeners = [(lp, q) for lp, q in self._listeners if q is not queue]
@@ -41,11 +51,13 @@ class EventHub:
                 except asyncio.TimeoutError:
                     yield ": keep-alive\n\n"
                     continue
+                if event is None:
+                    return
                 yield f"data: {json.dumps(event)}\n\n"
         finally:
             self._drop(queue)
 
 
 def _put(queue: asyncio.Queue, event: dict) -> None:
-    if not queue.full():
+    if queue.qsize() < queue.maxsize - 1:  # the last place is kept for close()'s end mark
         queue.put_nowait(event)

@@ -9,6 +9,7 @@ import collections
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,17 +89,24 @@ class JobManager:
 
     def _start_next(self) -> None:
         with self._lock:
-            if self._running() is not None:
-                return
-            job = next((j for j in self.jobs.values() if j.state == "queued"), None)
-            if job is not None:
-                self._launch(job)
+            while self._running() is None:
+                job = next((j for j in self.jobs.values() if j.state == "queued"), None)
+                if job is None:
+                    return
+                self._launch(job)  # one that cannot even start is failed; then the next
 
     def _launch(self, job: Job) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        job.process = subprocess.Popen(
-            self.train_command(job.config_path), cwd=self.root, env=env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        try:
+            # Its own session: a Ctrl-C in the server's terminal reaches the run once, through shutdown()
+            # (a second SIGINT would interrupt the run's saving).
+            job.process = subprocess.Popen(
+                self.train_command(job.config_path), cwd=self.root, env=env, start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        except OSError as err:
+            job.state, job.error = "failed", f"could not start the training: {err}"
+            self._announce(job)
+            return
         job.state = "running"
         self._announce(job)
         threading.Thread(target=self._read_log, args=(job,), daemon=True).start()
@@ -119,7 +127,11 @@ class JobManager:
     def resume(self, job: Job) -> Job:
         """A new job continuing the stopped one from its last checkpoint, in the same run folder."""
         config = {**job.config, "resume_from_checkpoint": job.checkpoint}
-        return self.submit(config, resumed_from=job.id)
+        resumed = self.submit(config, resumed_from=job.id)
+        saved_at = checkpoint_step(job.checkpoint)
+        # the plot goes on from the stopped run's curve (up to the step its checkpoint holds)
+        resumed.history[:0] = [row for row in job.history if saved_at is None or row[0] <= saved_at]
+        return resumed
 
     def shutdown(self, wait_s: float = 30.0) -> None:
         """Server exit: the running training saves and stops, as on Ctrl-C; queued ones are dropped."""
@@ -175,6 +187,20 @@ class JobManager:
         self.publish({"job": job.id, "event": "state", "state": job.state})
 
 
+def checkpoint_step(path: str | None) -> int | None:
+    """`.../checkpoint-step_00000087` (or the diffusers layout's `checkpoint-87`) -> 87."""
+    found = re.search(r"checkpoint-(?:step_)?0*(\d+)$", str(path or "").rstrip("/"))
+    return int(found.group(1)) if found else None
+
+
+def thinned(rows: list, most: int = 2000) -> list:
+    """At most about `most` points of a long curve, the last one always kept."""
+    if len(rows) <= most:
+        return list(rows)
+    every = -(-len(rows) // most)
+    return rows[::every] + ([rows[-1]] if (len(rows) - 1) % every else [])
+
+
 def absolute_paths(event: dict, root: Path) -> dict:
     """The run prints paths relative to its working folder, the web root."""
     return {k: str(root / v) if k in ("run_dir", "path", "embedding") and isinstance(v, str) and v else v
@@ -207,7 +233,7 @@ def summary(job: Job, url_of: Callable[[str | None], str | None]) -> dict:
     rate, left = job.speed()
     return {
         "id": job.id, "state": job.state, "run_dir": job.run_dir, "step": job.step, "max_steps": job.max_steps,
-        "loss": job.loss, "lr": job.lr, "steps_per_s": rate, "eta_s": left, "history": list(job.history),
+        "loss": job.loss, "lr": job.lr, "steps_per_s": rate, "eta_s": left, "history": thinned(job.history),
         "grid": url_of(job.grid), "log_tail": list(job.log_tail)[-50:], "embedding": job.embedding,
         "embedding_url": url_of(job.embedding), "resumable": job.resumable, "error": job.error,
         "resumed_from": job.resumed_from,

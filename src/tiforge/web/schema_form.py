@@ -14,7 +14,6 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from tiforge.config.data_schema import TextualInversionSDDataLoaderConfig
 from tiforge.config.flag_help import FIELD_HELP
 from tiforge.config.optimizer_schema import KOHYA_OPTIMIZERS
 from tiforge.config.schema import SdTextualInversionConfig, SdxlTextualInversionConfig
@@ -154,6 +153,3 @@ def form_schema() -> dict:
 
 def all_paths() -> list[str]:
     return [f["path"] for g in form_schema()["groups"] for f in g["fields"]]
-
-
-assert TextualInversionSDDataLoaderConfig  # the data loader's fields are reached through the config's own

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import threading
 import webbrowser
@@ -26,6 +27,21 @@ def browser_available() -> bool:
         shutil.which(b) for b in ("xdg-open", "firefox", "chromium", "google-chrome", "sensible-browser"))
 
 
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """Ends the open event streams when asked to stop, so that the shutdown need not wait for them."""
+
+        on_exit = staticmethod(lambda: None)
+
+        def handle_exit(self, sig, frame) -> None:
+            self.on_exit()
+            super().handle_exit(sig, frame)
+
+    return Server
+
+
 def serve(host: str = "127.0.0.1", port: int = 7860, root: str | Path = ".", open_browser: bool = True) -> None:
     import uvicorn
 
@@ -36,12 +52,16 @@ def serve(host: str = "127.0.0.1", port: int = 7860, root: str | Path = ".", ope
     app = create_app(root, token, hosts=hosts)
     url = address("127.0.0.1" if host in ("0.0.0.0", "::") else host, port, token)
     print(f"tiforge web: serving {Path(root).resolve()} at {url}", flush=True)
+    if host in ("0.0.0.0", "::"):  # every interface: other machines use this one's name
+        print(f"  from other machines: {address(socket.gethostname(), port, token)}", flush=True)
     if token:
         print("  every request needs this token (the link above sets it in the browser); keep it private",
               flush=True)
     if open_browser and browser_available():
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
+    server = _server_class()(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5))
+    server.on_exit = app.state.hub.close
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        server.run()
     finally:
-        app.state.jobs.shutdown() if hasattr(app.state, "jobs") else None
+        app.state.jobs.shutdown()  # a running training saves a checkpoint and stops, as on Ctrl-C
