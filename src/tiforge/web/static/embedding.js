@@ -55,12 +55,22 @@ function inspection(a) {
     h("dl", { class: "kv" },
       h("dt", {}, "layout"), h("dd", { id: "inspect-layout" }, a.layout ?? "-"),
       h("dt", {}, "family"), h("dd", {}, a.family ?? "-"),
-      h("dt", {}, "vectors"), h("dd", {}, `${a.vectors ?? "-"} x ${a.dim ?? "-"}`),
-      h("dt", {}, "norms"), h("dd", {}, (a.norms || []).map((n) => fmt(n, 3)).join(", ") || "-"),
+      h("dt", {}, "trigger"), h("dd", {}, a.trigger ?? "-"),
+      a.step != null ? [h("dt", {}, "trained steps"), h("dd", {}, a.step)] : null,
+      h("dt", {}, "vectors"), h("dd", {}, `${a.vectors ?? "-"} x ${perEncoder(a.dim, (d) => d)}`),
+      h("dt", {}, "norms"), h("dd", {}, perEncoder(a.norms, (ns) => (ns || []).map((n) => fmt(n, 3)).join(", ") || "-")),
       h("dt", {}, "nearest tokens"), h("dd", { id: "inspect-nearest" }, nearest.length ? nearest.map(nearestLine) : "-")),
     h("h2", {}, "Loads in"),
     h("table", {}, h("tr", {}, h("th", {}, "tool"), h("th", {}, ""), h("th", {}, "why")),
       (a.loads_in || []).map((t) => h("tr", {}, h("td", {}, t.tool), h("td", {}, t.ok ? "yes" : "no"), h("td", { class: "muted" }, t.reason || "")))));
+}
+
+// SDXL files answer per text encoder ({"clip_l": ..., "clip_g": ...}), SD files with one value.
+function perEncoder(value, show) {
+  if (value && typeof value === "object" && !Array.isArray(value)) {
+    return Object.entries(value).map(([enc, v]) => `${enc}: ${show(v)}`).join("; ");
+  }
+  return value == null ? "-" : String(show(value));
 }
 
 // {"vector": 0, "encoder": "clip_l"|null, "tokens": [[text, similarity], ...]} -> one line per vector

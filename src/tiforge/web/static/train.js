@@ -44,6 +44,8 @@ function defaultText(field) {
   return `default: ${typeof d === "object" ? JSON.stringify(d) : d}`;
 }
 
+const idOf = (path) => `f-${path.replace(/\W/g, "_")}`;
+
 // The config's messages start with the field they are about; the form shows them under it.
 function message(e) {
   return e.field && e.message.startsWith(`${e.field}: `) ? e.message.slice(e.field.length + 2) : e.message;
@@ -146,7 +148,7 @@ class ConfigForm {
   }
 
   row(field) {
-    const id = `f-${field.path.replace(/\W/g, "_")}`;
+    const id = idOf(field.path);
     const input = this.input(field, id);
     const error = h("div", { class: "error" });
     const extra = field.path === "model" && this.models.length ? this.modelPicker(input) : null;
@@ -172,10 +174,14 @@ class ConfigForm {
       return select;
     }
     const attrs = { id, name: field.path, placeholder: defaultText(field), oninput: changed };
+    // A free-text field with suggestions (optimizer_type: any torch.optim class works too).
+    const hints = field.choices && field.choices.length ? h("datalist", { id: `${id}-hints` }, field.choices.map((c) => h("option", { value: c }))) : null;
     if (field.kind === "list" || field.kind === "yaml") {
       return h("textarea", { ...attrs, rows: 2, placeholder: field.kind === "list" ? `one per line; ${defaultText(field)}` : `JSON or a plain value; ${defaultText(field)}` }, shown(field, value));
     }
-    return h("input", { ...attrs, type: "text", value: shown(field, value), inputmode: field.kind === "string" || field.kind === "path" ? null : "decimal" });
+    const input = h("input", { ...attrs, type: "text", value: shown(field, value), list: hints ? hints.id : null,
+      inputmode: field.kind === "string" || field.kind === "path" ? null : "decimal" });
+    return hints ? h("span", {}, input, hints) : input;
   }
 
   modelPicker(input) {
@@ -198,7 +204,7 @@ class ConfigForm {
     const w = this.widgets.get(path);
     const field = this.fields.get(path);
     if (!w || !field) return;
-    const fresh = this.input(field, w.input.id || w.input.querySelector("input")?.id);
+    const fresh = this.input(field, idOf(path));
     w.input.replaceWith(fresh);
     w.input = fresh;
   }
@@ -263,7 +269,7 @@ class ConfigForm {
     const folded = w.row.closest("details");
     if (folded) folded.open = true;
     w.row.scrollIntoView({ block: "center" });
-    (w.input.querySelector ? w.input.querySelector("input") || w.input : w.input).focus();
+    w.row.querySelector("input, select, textarea")?.focus();
   }
 
   async loadYaml(file) {
@@ -318,7 +324,7 @@ function previewCard(p) {
     (p.bad_files || []).length ? h("div", { class: "status bad" }, "Bad files (skipped or fatal, per on_bad_image):",
       h("ul", {}, p.bad_files.map((b) => h("li", {}, h("code", {}, b.file), `: ${b.reason}`)))) : null,
     h("div", { class: "thumbs" }, items.map((it) => h("div", { class: "thumb" },
-      h("img", { src: it.image, alt: it.file, loading: "lazy" }),
+      it.image ? h("img", { src: it.image, alt: it.file, loading: "lazy" }) : null,
       h("div", { class: "muted" }, it.file),
       h("div", {}, it.caption),
       h("div", {}, (it.tokens || []).map((t) => h("span", { class: t.placeholder ? "tok ph" : "tok", title: t.placeholder ? "the placeholder's vector" : "" },
