@@ -221,6 +221,15 @@ def test_train_watch_stop_resume_download(server, browser, shots, tmp_path):
     assert not field(d, "optimizer.learning_rate").find_element(By.CLASS_NAME, "error").text
     screenshot(d, shots, "2b-train-form-valid")
 
+    # Save YAML writes what `tiforge train` runs unchanged.
+    d.find_element(By.ID, "save-yaml").click()
+    saved = until(d, lambda d: [p for p in d.downloads.glob("*.yaml")], timeout=15, message="Save YAML saved nothing")
+    from tiforge.config.loading import config_from_dict
+
+    config = config_from_dict(yaml.safe_load(saved[0].read_text()), str(saved[0]))
+    assert (config.placeholder_token, config.max_train_steps) == (TOKEN, 400)
+    saved[0].unlink()
+
     # Start: the job page shows steps, the curve and the first validation grid while it runs.
     d.find_element(By.ID, "start").click()
     until(d, lambda d: "#/job/" in d.current_url, timeout=15)
@@ -277,7 +286,7 @@ def test_train_watch_stop_resume_download(server, browser, shots, tmp_path):
     screenshot(d, shots, "6-runs")
     compare_runs(d, shots, root)
     run_page(d, shots)
-    embedding_page(d, shots)
+    embedding_page(d, shots, downloaded[0])
 
 
 def give_metrics(root: Path) -> None:
@@ -317,12 +326,16 @@ def run_page(d, shots: Path) -> None:
           message=f"the run's own config did not validate: {text(d, '#form-status')}")
 
 
-def embedding_page(d, shots: Path) -> None:
-    """Pick a run's embedding: inspect's answer, then pictures generated with it on the toy model."""
+def embedding_page(d, shots: Path, upload: Path) -> None:
+    """Upload a file, then pick a run's embedding: inspect's answer, a conversion, and pictures
+    generated with it on the toy model."""
     d.get(d.current_url.split("#")[0] + "#/embedding")
     until(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#embedding-pick option")) > 1, timeout=15)
+    d.find_element(By.ID, "embedding-file").send_keys(str(upload))
+    until(d, lambda d: text(d, "#inspect-layout") == "diffusers", timeout=30,
+          message=f"the uploaded file was not inspected: {text(d, '#view')}")
     Select(d.find_element(By.ID, "embedding-pick")).select_by_index(1)
-    until(d, lambda d: text(d, "#inspect-layout") not in ("", "-"), timeout=30,
+    until(d, lambda d: text(d, "#inspect-layout") == "kohya", timeout=30,
           message=f"no inspection: {text(d, '#view')}")
     assert "vector 0" in text(d, "#inspect-nearest")
     screenshot(d, shots, "9a-embedding-inspect")
