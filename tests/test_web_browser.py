@@ -27,6 +27,7 @@ T0 = time.monotonic()
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TOKEN = "<purple-star>"
+STEPS = 2000  # far more than the test lets it run: it is stopped after the first grid, on any machine
 
 selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
 if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
@@ -172,7 +173,7 @@ def toy_settings(root: Path) -> tuple[dict, dict]:
     typed = {"model": str(toy_model_dir()), "placeholder_token": TOKEN, "initializer_token": INITIALIZER,
              "num_vectors": 2, "data_loader.dataset.dataset_dir": str(demo_images_dir()),
              "base_output_dir": str(root / "runs")}
-    loaded = {"max_train_steps": 400, "train_batch_size": 6, "report_to": "none", "seed": 0,
+    loaded = {"max_train_steps": STEPS, "train_batch_size": 6, "report_to": "none", "seed": 0,
               "validation_prompts": [f"a {TOKEN}"], "validate_every_n_steps": 4, "save_every_n_steps": 4,
               "num_validation_images_per_prompt": 2, "num_validation_inference_steps": 2,
               "data_loader": {"resolution": 32, "caption_templates": ["a {}"]}}
@@ -181,7 +182,25 @@ def toy_settings(root: Path) -> tuple[dict, dict]:
 
 def test_train_watch_stop_resume_download(server, browser, shots, tmp_path):
     url, root = server
-    d = browser
+    fill_train_form(browser, url, root, tmp_path, shots)
+    stopped_at = watch_and_stop(browser, shots)
+    resume_and_stop(browser, shots, stopped_at)
+    downloaded = download_into_diffusers(browser, url)
+
+    # A second run folder to compare with: a copy (a second training would double the test's time).
+    first = next((root / "runs").iterdir())
+    shutil.copytree(first, first.with_name(first.name + "-copy"))
+    give_metrics(root)
+    browser.refresh()
+    until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#runs-table tr[data-run]")) == 2, timeout=15)
+    screenshot(browser, shots, "6-runs")
+    compare_runs(browser, shots)
+    run_page(browser, shots)
+    embedding_page(browser, shots, downloaded)
+
+
+def fill_train_form(d, url: str, root: Path, tmp_path: Path, shots: Path) -> None:
+    """Load YAML, type the essentials, preview the data, see a bad value refused, Save YAML."""
     d.get(f"{url}/#/train")
     d.execute_script("localStorage.clear()")
     d.refresh()
@@ -190,7 +209,7 @@ def test_train_watch_stop_resume_download(server, browser, shots, tmp_path):
     settings = tmp_path / "settings.yaml"
     settings.write_text(yaml.safe_dump(loaded))
     d.find_element(By.ID, "load-yaml").send_keys(str(settings))
-    until(d, lambda d: d.find_element(By.NAME, "max_train_steps").get_attribute("value") == "400", timeout=15,
+    until(d, lambda d: d.find_element(By.NAME, "max_train_steps").get_attribute("value") == str(STEPS), timeout=15,
           message="Load YAML did not fill the form")
     d.execute_script("document.querySelectorAll('details').forEach((x) => { x.open = true; })")
     for path, value in typed.items():
@@ -227,10 +246,13 @@ def test_train_watch_stop_resume_download(server, browser, shots, tmp_path):
     from tiforge.config.loading import config_from_dict
 
     config = config_from_dict(yaml.safe_load(saved[0].read_text()), str(saved[0]))
-    assert (config.placeholder_token, config.max_train_steps) == (TOKEN, 400)
+    assert (config.placeholder_token, config.max_train_steps) == (TOKEN, STEPS)
     saved[0].unlink()
 
-    # Start: the job page shows steps, the curve and the first validation grid while it runs.
+
+def watch_and_stop(d, shots: Path) -> int:
+    """Start: the job page shows steps, the curve and the first validation grid while it runs, after
+    a reload and in a second tab too; Stop saves and stops. The step it stopped at."""
     d.find_element(By.ID, "start").click()
     until(d, lambda d: "#/job/" in d.current_url, timeout=15)
     until(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#job-grid img.grid") and step_shown(d) >= 5, timeout=90,
@@ -256,37 +278,33 @@ def test_train_watch_stop_resume_download(server, browser, shots, tmp_path):
     d.find_element(By.ID, "stop").click()
     until(d, lambda d: text(d, "#job-state") == "stopped", timeout=60, message=f"never stopped: {text(d, '#view')}")
     stopped_at = step_shown(d)
-    assert 0 < stopped_at < 400
+    assert 0 < stopped_at < STEPS
     screenshot(d, shots, "4-job-stopped")
+    return stopped_at
 
-    # Resume: a new job that goes on from the checkpoint; stop it again a few steps later.
+
+def resume_and_stop(d, shots: Path, stopped_at: int) -> None:
+    """Resume: a new job that goes on from the checkpoint; stopped again once it has stepped."""
     until(d, lambda d: d.find_element(By.ID, "resume").is_displayed(), timeout=10)
     first_job = d.current_url
     d.find_element(By.ID, "resume").click()
     until(d, lambda d: d.current_url != first_job, timeout=15)
-    until(d, lambda d: step_shown(d) > stopped_at, timeout=60, message=f"the resumed run never stepped: {text(d, '#view')}")
+    until(d, lambda d: step_shown(d) > stopped_at, timeout=60,
+          message=f"the resumed run never stepped: {text(d, '#view')}")
     d.find_element(By.ID, "stop").click()
     until(d, lambda d: text(d, "#job-state") == "stopped", timeout=60)
     screenshot(d, shots, "5-job-resumed-and-stopped")
 
-    # Runs: the run is listed; its embedding downloads in diffusers' layout and diffusers loads it.
+
+def download_into_diffusers(d, url: str) -> Path:
+    """Runs: the run is listed; its embedding downloads in diffusers' layout and diffusers loads it."""
     d.get(f"{url}/#/runs")
     until(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#runs-table tr[data-run]"), timeout=15)
     d.find_element(By.CSS_SELECTOR, "#runs-table tr[data-run] a.dl[href$='layout=diffusers']").click()
     downloaded = until(d, lambda d: [p for p in d.downloads.iterdir() if not p.name.endswith(".crdownload")],
                        timeout=30, message="no embedding was downloaded")
     load_in_diffusers(downloaded[0])
-
-    # A second run folder to compare with: a copy (a second training would double the test's time).
-    first = next((root / "runs").iterdir())
-    shutil.copytree(first, first.with_name(first.name + "-copy"))
-    give_metrics(root)
-    d.refresh()
-    until(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#runs-table tr[data-run]")) == 2, timeout=15)
-    screenshot(d, shots, "6-runs")
-    compare_runs(d, shots, root)
-    run_page(d, shots)
-    embedding_page(d, shots, downloaded[0])
+    return downloaded[0]
 
 
 def give_metrics(root: Path) -> None:
@@ -299,7 +317,7 @@ def give_metrics(root: Path) -> None:
             (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
 
-def compare_runs(d, shots: Path, root: Path) -> None:
+def compare_runs(d, shots: Path) -> None:
     for box in d.find_elements(By.CSS_SELECTOR, "#runs-table tr[data-run] input[type=checkbox]"):
         box.click()
     d.find_element(By.ID, "compare").click()
@@ -321,7 +339,7 @@ def run_page(d, shots: Path) -> None:
         assert httpx.get(report[0].get_attribute("href")).status_code == 200
     # "Train again" fills the form with the run's config.yaml, which validates as it is.
     d.find_element(By.ID, "train-again").click()
-    until(d, lambda d: d.find_element(By.NAME, "max_train_steps").get_attribute("value") == "400", timeout=15)
+    until(d, lambda d: d.find_element(By.NAME, "max_train_steps").get_attribute("value") == str(STEPS), timeout=15)
     until(d, lambda d: d.find_element(By.ID, "start").is_enabled(), timeout=15,
           message=f"the run's own config did not validate: {text(d, '#form-status')}")
 
@@ -341,7 +359,8 @@ def embedding_page(d, shots: Path, upload: Path) -> None:
     screenshot(d, shots, "9a-embedding-inspect")
     before = set(d.downloads.iterdir())
     d.find_element(By.CSS_SELECTOR, "button[data-layout=a1111]").click()
-    converted = until(d, lambda d: [p for p in set(d.downloads.iterdir()) - before if not p.name.endswith(".crdownload")],
+    converted = until(d, lambda d: [p for p in set(d.downloads.iterdir()) - before
+                                    if not p.name.endswith(".crdownload")],
                       timeout=30, message="Convert downloaded nothing")
     from tiforge.embeddings.files import load_embedding
 
