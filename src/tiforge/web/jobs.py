@@ -74,11 +74,11 @@ class JobManager:
 
     # -- the queue ------------------------------------------------------------------------------
 
-    def submit(self, config: dict, resumed_from: str | None = None) -> Job:
+    def submit(self, config: dict, resumed_from: str | None = None, history: list | None = None) -> Job:
         with self._lock:
             job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{next(self._ids)}"
             path = atomic_write_text(self.folder / f"{job_id}.yaml", yaml.safe_dump(config, sort_keys=False))
-            job = Job(job_id, config, Path(path), resumed_from=resumed_from)
+            job = Job(job_id, config, Path(path), resumed_from=resumed_from, history=list(history or []))
             self.jobs[job_id] = job
             self._announce(job)
             self._start_next()
@@ -127,11 +127,10 @@ class JobManager:
     def resume(self, job: Job) -> Job:
         """A new job continuing the stopped one from its last checkpoint, in the same run folder."""
         config = {**job.config, "resume_from_checkpoint": job.checkpoint}
-        resumed = self.submit(config, resumed_from=job.id)
         saved_at = checkpoint_step(job.checkpoint)
         # the plot goes on from the stopped run's curve (up to the step its checkpoint holds)
-        resumed.history[:0] = [row for row in job.history if saved_at is None or row[0] <= saved_at]
-        return resumed
+        curve = [row for row in job.history if saved_at is None or row[0] <= saved_at]
+        return self.submit(config, resumed_from=job.id, history=curve)
 
     def shutdown(self, wait_s: float = 30.0) -> None:
         """Server exit: the running training saves and stops, as on Ctrl-C; queued ones are dropped."""
