@@ -15,6 +15,11 @@ export async function jobPage(view, id) {
     const newest = jobs.find((j) => LIVE.has(j.state)) || jobs.at(-1);
     id = newest.id;
   }
+  if (!jobs.some((j) => j.id === id)) {
+    view.append(pageTitle(`Job ${id}`), status("bad", `No job ${id} on this server (jobs are kept while it runs).`),
+      h("p", {}, "Its run folder, if it got one, is on the ", h("a", { href: "#/runs" }, "Runs"), " page."));
+    return null;
+  }
   const page = new JobView(view, id, jobs);
   await page.refresh();
   return () => page.close();
