@@ -121,6 +121,13 @@ def _cmd_ui(args) -> int:
     return 0
 
 
+def _cmd_web(args) -> int:
+    from tiforge.web.server import serve
+
+    serve(host=args.host, port=args.port, root=args.root, open_browser=not args.no_browser)
+    return 0
+
+
 def _cmd_demo(args) -> int:
     _quiet_library_progress()
     from tiforge.toy.demo import run_demo
@@ -246,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ui", help="keyboard-driven console front end (like invokeai-ti --gui)")
     p.set_defaults(func=_cmd_ui)
+
+    p = sub.add_parser("web", help="configure, run and watch trainings in the browser (a local web server)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; any other needs the printed token)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--root", default=".", help="folder whose runs are listed and where the UI's configs go (default: .)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.set_defaults(func=_cmd_web)
 
     p = sub.add_parser("demo", help="teach the built-in toy model a new word from 6 pictures and judge the result (offline)")
     p.add_argument("--output-dir", default="tiforge-demo", help="where the run folder goes (default: ./tiforge-demo)")
