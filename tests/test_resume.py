@@ -178,3 +178,16 @@ def test_unwritable_or_full_output_is_caught_before_training(tmp_path, monkeypat
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 90, 10 * 2**20))
     with pytest.raises(OutputError, match="10 MiB free, but this run needs about 64 MiB"):
         check_output_space(tmp_path, 64 * 2**20)
+
+
+def test_a_checkpoint_from_before_a_new_field_resumes(tiny_sd1, image_dir, tmp_path):
+    """A checkpoint's config lacks the fields added since it was written; unset, they mean its behaviour."""
+    from tiforge.training.resume import check_resumable
+    config = config_from_dict(base_config(tiny_sd1, image_dir, tmp_path))
+    saved = config.model_dump(mode="json")
+    for newer in ("preserve_embedding_norm", "directional_update", "timestep_sampling"):
+        saved.pop(newer)
+    check_resumable({"config": saved}, config, tmp_path)  # no CheckpointError
+    changed = config.model_copy(update={"directional_update": True})
+    with pytest.raises(CheckpointError, match="directional_update"):
+        check_resumable({"config": saved}, changed, tmp_path)

@@ -25,8 +25,15 @@ def resume_point(config: TrainingConfig) -> Path | None:
         return None
 
 
+def plain_defaults(config: TrainingConfig) -> dict:
+    """The config's simple-valued defaults: what a checkpoint written before a field existed meant."""
+    return {name: field.default for name, field in type(config).model_fields.items()
+            if isinstance(field.default, (bool, int, float, str, type(None)))}
+
+
 def check_resumable(state: dict, config: TrainingConfig, folder: Path) -> None:
-    problems = incompatible_fields(state["config"], config.model_dump(mode="json")) + changed_vector_count(state, config)
+    saved = {**plain_defaults(config), **state["config"]}
+    problems = incompatible_fields(saved, config.model_dump(mode="json")) + changed_vector_count(state, config)
     if problems:
         raise CheckpointError(
             f"{folder}: cannot resume with a different setup; change these back or start a new run:\n  - "
