@@ -71,7 +71,9 @@ def learning_problems(config) -> list[str]:
         problems.append("initialize_from_text_encoder_output: initial_embedding_file brings trained vectors, "
                         "which are not encoded again; use initializer_token or initial_phrase, or drop one")
     if config.timestep_sampling != "logit_normal":
-        stray = [n for n in ("logit_mean", "logit_std") if n in config.model_fields_set]
+        # a resolved config.yaml writes the defaults out: only a changed value is a stray setting
+        stray = [n for n in ("logit_mean", "logit_std")
+                 if getattr(config, n) != type(config).model_fields[n].default]
         if stray:
             problems.append(f"{' / '.join(stray)}: only shape timestep_sampling: logit_normal, but "
                             f"timestep_sampling is {config.timestep_sampling}; set it to logit_normal or drop "
