@@ -133,8 +133,14 @@ def fill(driver, path: str, value) -> None:
 
 
 def text(driver, css: str) -> str:
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else ""
+    """The element's text; the page re-renders as events arrive, so a found element may go stale."""
+    for _ in range(20):
+        try:
+            found = driver.find_elements(By.CSS_SELECTOR, css)
+            return found[0].text if found else ""
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    return ""
 
 
 def step_shown(driver) -> int:
