@@ -143,6 +143,11 @@ def text(driver, css: str) -> str:
     return ""
 
 
+def click(driver, element_id: str) -> None:
+    """Click a button the live page may re-render between finding and clicking it."""
+    until(driver, lambda d: d.find_element(By.ID, element_id).click() is None, timeout=15)
+
+
 def step_shown(driver) -> int:
     shown = text(driver, "#stat-step b").split("/")[0].strip()
     return int(shown) if shown.isdigit() else -1
@@ -281,7 +286,7 @@ def watch_and_stop(d, shots: Path) -> int:
     d.switch_to.window(d.window_handles[0])
     assert step_shown(d) > seen
 
-    d.find_element(By.ID, "stop").click()
+    click(d, "stop")
     until(d, lambda d: text(d, "#job-state") == "stopped", timeout=60, message=f"never stopped: {text(d, '#view')}")
     stopped_at = step_shown(d)
     assert 0 < stopped_at < STEPS
@@ -293,11 +298,11 @@ def resume_and_stop(d, shots: Path, stopped_at: int) -> None:
     """Resume: a new job that goes on from the checkpoint; stopped again once it has stepped."""
     until(d, lambda d: d.find_element(By.ID, "resume").is_displayed(), timeout=10)
     first_job = d.current_url
-    d.find_element(By.ID, "resume").click()
+    click(d, "resume")
     until(d, lambda d: d.current_url != first_job, timeout=15)
     until(d, lambda d: step_shown(d) > stopped_at, timeout=60,
           message=f"the resumed run never stepped: {text(d, '#view')}")
-    d.find_element(By.ID, "stop").click()
+    click(d, "stop")
     until(d, lambda d: text(d, "#job-state") == "stopped", timeout=60)
     screenshot(d, shots, "5-job-resumed-and-stopped")
 
