@@ -109,6 +109,16 @@ def test_a_valid_form_gives_yaml_that_tiforge_train_loads_unchanged(client, tmp_
     assert back["errors"] == [] and back["config"]["max_train_steps"] == 2
 
 
+def test_the_demo_fills_the_form_with_tiforge_demos_valid_config(client):
+    from tiforge.toy.demo import TOKEN, demo_images_dir
+
+    demo = client.get("/api/config/demo").json()["config"]
+    answer = client.post("/api/config/validate", json={"config": demo}).json()
+    assert answer["ok"] and answer["errors"] == [] and answer["family"] == "sd"
+    assert demo["placeholder_token"] == TOKEN
+    assert demo["data_loader"]["dataset"]["dataset_dir"] == str(demo_images_dir())
+
+
 def test_the_family_follows_the_chosen_model(client, tmp_path):
     from tiforge.toy.model import toy_model_dir
 

@@ -216,6 +216,12 @@ def fill_train_form(d, url: str, root: Path, tmp_path: Path, shots: Path) -> Non
     d.execute_script("localStorage.clear()")
     d.refresh()
     until(d, lambda d: d.find_elements(By.CSS_SELECTOR, '.field[data-path="model"]'), message="the form never showed")
+    # A new user's first click: the demo's settings, valid as they come (Start enabled).
+    click(d, "load-demo")
+    until(d, lambda d: d.find_element(By.NAME, "placeholder_token").get_attribute("value") == TOKEN
+          and d.find_element(By.ID, "start").is_enabled(), timeout=15,
+          message=f"Fill with the demo did not give a valid form: {text(d, '#form-status')}")
+    screenshot(d, shots, "0-train-demo-filled")
     typed, loaded = toy_settings(root)
     settings = tmp_path / "settings.yaml"
     settings.write_text(yaml.safe_dump(loaded))

@@ -71,6 +71,14 @@ def _config_routes(app: FastAPI) -> None:
         answer.pop("config")
         return answer
 
+    @app.get("/api/config/demo")
+    def demo():
+        # The config `tiforge demo` trains (toy model, bundled pictures), so a new user can run the
+        # demo from the browser without knowing where those live.
+        from tiforge.toy.demo import demo_config  # imports the trainer: only when asked
+
+        return {"config": demo_config("tiforge-demo")}
+
     @app.post("/api/config/from-yaml")
     def from_yaml(yaml: str = Body(..., embed=True)):
         return config_form.from_yaml(yaml)

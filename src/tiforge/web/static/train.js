@@ -126,6 +126,7 @@ class ConfigForm {
       onchange: (e) => this.loadYaml(e.target.files[0]) });
     const actions = h("div", { class: "row" },
       h("button", { onclick: () => yamlInput.click() }, "Load YAML..."), yamlInput,
+      h("button", { id: "load-demo", title: "the toy model and the demo's six pictures of a purple star", onclick: () => this.loadDemo() }, "Fill with the demo"),
       h("button", { id: "save-yaml", onclick: () => this.saveYaml() }, "Save YAML"),
       h("button", { id: "preview-data", onclick: () => this.previewData() }, "Preview data"),
       h("button", { onclick: () => { this.values = {}; localStorage.removeItem(STORE); this.rebuild(); } }, "Clear form"),
@@ -274,9 +275,17 @@ class ConfigForm {
 
   async loadYaml(file) {
     if (!file) return;
+    await this.fillFrom(async () => (await api("/api/config/from-yaml", { yaml: await file.text() })).config);
+  }
+
+  // The demo's own settings (toy model, its six pictures): Start then runs `tiforge demo`'s training.
+  async loadDemo() {
+    await this.fillFrom(async () => (await api("/api/config/demo")).config);
+  }
+
+  async fillFrom(getConfig) {
     try {
-      const answer = await api("/api/config/from-yaml", { yaml: await file.text() });
-      this.values = flatten(answer.config, "", new Set(this.fields.keys()));
+      this.values = flatten(await getConfig(), "", new Set(this.fields.keys()));
       localStorage.setItem(STORE, JSON.stringify(this.values));
       this.rebuild();
     } catch (err) {
