@@ -71,7 +71,14 @@ def test_schema_has_every_config_field_grouped_essentials_first(client):
 
 
 def tiny_form(tmp_path: Path, **values) -> dict:
-    return {"model": str(tmp_path / "model"), "placeholder_token": "<t>", "initializer_token": "toy",
+    """A form that passes the start's checks too: the toy model, and a picture in tmp_path (when it exists)."""
+    from PIL import Image
+
+    from tiforge.toy.model import toy_model_dir
+
+    if tmp_path.is_dir() and not (tmp_path / "one.png").exists():
+        Image.new("RGB", (32, 32), "purple").save(tmp_path / "one.png")
+    return {"model": str(toy_model_dir("sd")), "placeholder_token": "<t>", "initializer_token": "toy",
             "base_output_dir": "out", "max_train_steps": 2, "data_loader.dataset.dataset_dir": str(tmp_path),
             "data_loader.caption_preset": "object", **values}
 
@@ -119,6 +126,38 @@ def test_the_demo_fills_the_form_with_tiforge_demos_valid_config(client):
     assert demo["data_loader"]["dataset"]["dataset_dir"] == str(demo_images_dir())
 
 
+def test_what_the_training_would_refuse_at_its_start_is_refused_by_the_form(client, tmp_path):
+    """Start stays disabled for a config that would fail in its first seconds, each problem under its field."""
+    from tiforge.toy.demo import demo_config
+
+    def answer(**changes):
+        config = demo_config(str(tmp_path / "out"))
+        for dotted, value in changes.items():
+            *parents, last = dotted.split("__")
+            node = config
+            for key in parents:
+                node = node[key]
+            node[last] = value
+        return client.post("/api/config/validate", json={"config": config}).json()
+
+    assert answer()["ok"]
+    (tmp_path / "empty").mkdir()
+    cases = {"data_loader.dataset.dataset_dir": [dict(data_loader__dataset__dataset_dir=str(tmp_path / "nowhere")),
+                                                 dict(data_loader__dataset__dataset_dir=str(tmp_path / "empty"))],
+             "initializer_token": [dict(initializer_token="red dog")],
+             "placeholder_token": [dict(placeholder_token="dog")],
+             "model": [dict(model=str(tmp_path / "no-model")), dict(model=str(tmp_path / "empty"))]}
+    for field, changes in cases.items():
+        for change in changes:
+            got = answer(**change)
+            assert not got["ok"] and [e["field"] for e in got["errors"]] == [field], (change, got["errors"])
+    # Saving YAML does not ask for the data to be on this machine (the file may be for another one).
+    config = demo_config(str(tmp_path / "out"))
+    config["data_loader"]["dataset"]["dataset_dir"] = str(tmp_path / "nowhere")
+    assert client.post("/api/config/to-yaml", json={"config": config}).status_code == 200
+    assert client.post("/api/jobs", json={"config": config}).status_code == 400
+
+
 def test_the_family_follows_the_chosen_model(client, tmp_path):
     from tiforge.toy.model import toy_model_dir
 
@@ -133,7 +172,9 @@ def test_an_invoke_training_yaml_loads_as_it_is(client):
 
     text = (resources.files("tiforge") / "assets" / "example_config.yaml").read_text()
     answer = client.post("/api/config/from-yaml", json={"yaml": text}).json()
-    assert answer["config"]["type"] == "SD_TEXTUAL_INVERSION" and answer["errors"] == []
+    # Every field is read as it is; only the example's placeholder data folder is not on this machine.
+    assert answer["config"]["type"] == "SD_TEXTUAL_INVERSION"
+    assert [e["field"] for e in answer["errors"]] == ["data_loader.dataset.dataset_dir"]
     bad = client.post("/api/config/from-yaml", json={"yaml": "a: [unclosed"}).json()
     assert "not valid YAML" in bad["errors"][0]["message"]
 

@@ -222,6 +222,18 @@ def fill_train_form(d, url: str, root: Path, tmp_path: Path, shots: Path) -> Non
           and d.find_element(By.ID, "start").is_enabled(), timeout=15,
           message=f"Fill with the demo did not give a valid form: {text(d, '#form-status')}")
     screenshot(d, shots, "0-train-demo-filled")
+    # A file that is no config leaves the form as it was, and says why.
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("a: [unclosed")
+    d.find_element(By.ID, "load-yaml").send_keys(str(broken))
+    until(d, lambda d: "the form is unchanged" in text(d, "#form-status"), timeout=15, message="no word on a broken YAML")
+    assert d.find_element(By.NAME, "placeholder_token").get_attribute("value") == TOKEN
+    # What the training would refuse at its start is a message under the field, and Start stays disabled.
+    d.execute_script("document.querySelectorAll('details').forEach((x) => { x.open = true; })")
+    fill(d, "data_loader.dataset.dataset_dir", str(tmp_path / "nowhere"))
+    until(d, lambda d: "no such folder" in field(d, "data_loader.dataset.dataset_dir").find_element(By.CLASS_NAME, "error").text,
+          timeout=15, message="no message under a missing data folder")
+    assert not d.find_element(By.ID, "start").is_enabled()
     typed, loaded = toy_settings(root)
     settings = tmp_path / "settings.yaml"
     settings.write_text(yaml.safe_dump(loaded))

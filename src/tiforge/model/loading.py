@@ -343,9 +343,14 @@ def _load(model: str, hf_variant: str | None, single_file_config: str | None, sd
         index = json.loads((path / "model_index.json").read_text())
         parts.force_zeros_for_empty_prompt = bool(index.get("force_zeros_for_empty_prompt", True))
         return parts
+    check_hub_id(model)
+    return _load_from_hub(model, hf_variant, sdxl, bar, dtypes)
+
+
+def check_hub_id(model: str) -> None:
+    """A reference that is no local file or folder must look like a hub id ('owner/name')."""
     if model.count("/") != 1 or model.startswith(("/", ".", "~")):
         raise ModelLoadError(f"model {model}: no such file or folder, and not a hub id of the form 'owner/name'")
-    return _load_from_hub(model, hf_variant, sdxl, bar, dtypes)
 
 
 def _load_from_hub(repo_id: str, variant: str | None, sdxl: bool, bar=None, dtypes: dict | None = None) -> SdComponents:

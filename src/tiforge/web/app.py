@@ -85,7 +85,7 @@ def _config_routes(app: FastAPI) -> None:
 
     @app.post("/api/config/to-yaml")
     def to_yaml(config: dict = Body(..., embed=True)):
-        answer = config_form.validate(config)
+        answer = config_form.validate(config, preflight=False)
         _refuse_invalid(answer)
         return {"yaml": answer["yaml"]}
 
@@ -243,7 +243,7 @@ def _data_routes(app: FastAPI) -> None:
     def preview(config: dict = Body(..., embed=True)):
         from tiforge.config.loading import config_from_dict
 
-        answer = config_form.validate(config)
+        answer = config_form.validate(config, preflight=False)  # the preview reports the data's problems itself
         _refuse_invalid(answer)
         return data_preview.preview(config_from_dict(answer["config"], "form"), previews)
 

@@ -9,6 +9,7 @@ import yaml
 from tiforge.config.dotted import set_dotted
 from tiforge.config.loading import config_from_dict, dump_config
 from tiforge.config.schema import SDXL_TYPES, ConfigError
+from tiforge.web.preflight import problems as preflight_problems
 
 # A problem line of config.loading's message: "  - data_loader.resolution: ..." or "a / b: ...".
 _PROBLEM = re.compile(r"^\s*- (?:(?P<field>[A-Za-z_][\w.]*)(?: / [\w.]+)*: )?(?P<message>.*)$")
@@ -73,15 +74,19 @@ def split_problems(message: str) -> list[dict]:
     return problems
 
 
-def validate(values: dict, source: str = "form") -> dict:
-    """{"ok", "errors", "family", "yaml", "config"}: the answer of /api/config/validate."""
+def validate(values: dict, source: str = "form", preflight: bool = True) -> dict:
+    """{"ok", "errors", "family", "yaml", "config"}: the answer of /api/config/validate. With
+    `preflight`, also what the training's start would refuse (web.preflight): a valid answer means
+    the run will not fail on its config. Saving YAML skips that (it may be meant for another machine)."""
     data = with_family(with_dataset_type(nested(values)))
     try:
         config = config_from_dict(data, source)
     except ConfigError as err:
         family = "sdxl" if data.get("type") in SDXL_TYPES else "sd" if data.get("model") else None
         return {"ok": False, "errors": split_problems(str(err)), "family": family, "yaml": None, "config": data}
-    return {"ok": True, "errors": [], "family": "sdxl" if config.is_sdxl else "sd", "yaml": dump_config(config),
+    family = "sdxl" if config.is_sdxl else "sd"
+    errors = preflight_problems(config) if preflight else []
+    return {"ok": not errors, "errors": errors, "family": family, "yaml": None if errors else dump_config(config),
             "config": data}
 
 

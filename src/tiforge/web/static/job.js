@@ -51,7 +51,7 @@ class JobView {
       h("div", { class: "side" },
         h("section", { class: "card" }, h("h2", {}, "Newest validation grid"), this.el.grid),
         h("section", { class: "card" }, h("h2", {}, "Log"), this.el.log)),
-      others.length ? h("section", { class: "card" }, h("h2", {}, "Other jobs"), jobTable(others)) : null);
+      others.length ? h("section", { class: "card" }, h("h2", {}, "Other jobs"), jobTable(others)) : "");
     this.unsubscribe = onEvent((e) => this.hear(e));
     this.onResize = () => this.plot();
     window.addEventListener("resize", this.onResize);
@@ -137,7 +137,9 @@ class JobView {
     this.el.message.replaceChildren(h("div", {},
       j.state === "failed" ? status("bad", j.error || "The training failed; see the log.") : null,
       j.state === "finished" && j.embedding ? status("ok", `Finished. Embedding: ${j.embedding}`) : null,
-      j.state === "stopped" ? status("warn", `Stopped at step ${j.step}: checkpoint and embedding saved.${j.resumable ? " Resume continues from there." : ""}`) : null,
+      j.state === "stopped" ? status("warn", j.run_dir
+        ? `Stopped at step ${j.step}: checkpoint and embedding saved.${j.resumable ? " Resume continues from there." : ""}`
+        : "Stopped before its first step: nothing was saved.") : null,
       j.state === "stopped" && j.error ? h("details", { class: "muted" }, h("summary", {}, "what the run said"), h("pre", {}, j.error)) : null,
       j.embedding_url && !LIVE.has(j.state) ? h("p", {}, h("a", { id: "job-embedding", href: j.embedding_url, download: "" }, "Download the embedding"),
         j.run_dir ? [" - every layout, the grids and the report are on the ", h("a", { href: "#/runs" }, "Runs"), " page"] : null) : null));

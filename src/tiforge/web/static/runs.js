@@ -49,7 +49,7 @@ export async function runPage(view, id) {
     pageTitle(run.name || run.id, run.report ? h("a", { class: "button", href: run.report, target: "_blank" }, "Open report.html") : null,
       run.config_yaml ? h("button", { id: "train-again", onclick: () => trainAgain(run.config_yaml, message) }, "Train again with these settings") : null),
     message,
-    run.name && run.name !== run.id ? h("div", { class: "muted" }, run.id) : null,
+    run.name && run.name !== run.id ? h("div", { class: "muted" }, run.id) : "",
     h("section", { class: "card" }, h("dl", { class: "kv" },
       h("dt", {}, "steps"), h("dd", {}, run.steps ?? "-"), h("dt", {}, "final loss"), h("dd", {}, fmt(run.loss)),
       h("dt", {}, "family"), h("dd", {}, run.family || "-"), h("dt", {}, "started"), h("dd", {}, run.started || "-"),

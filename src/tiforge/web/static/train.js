@@ -261,7 +261,20 @@ class ConfigForm {
       red ? `${errors.length} problem(s) to fix before training:` : "To start, fill in:",
       h("ul", { class: "errors" }, errors.map((e) => h("li", {},
         e.field ? h("a", { href: "#", onclick: (ev) => { ev.preventDefault(); this.reveal(e.field); } }, e.field) : null,
-        e.field ? ": " : "", message(e)))));
+        e.field ? ": " : "", message(e), this.dropButton(e.field)))));
+  }
+
+  // A field the form has no widget for (an unknown or misspelt key from a loaded YAML) can only be
+  // dropped here; otherwise it would block Start until "Clear form".
+  dropButton(path) {
+    if (!path || this.fieldFor(path)) return null;
+    const held = Object.keys(this.values).filter((p) => p === path || p.startsWith(`${path}.`));
+    if (!held.length) return null;
+    return h("button", { class: "small", "data-drop": path, onclick: () => {
+      for (const p of held) delete this.values[p];
+      localStorage.setItem(STORE, JSON.stringify(this.values));
+      this.validate();
+    } }, `remove ${path}`);
   }
 
   reveal(path) {
@@ -275,7 +288,15 @@ class ConfigForm {
 
   async loadYaml(file) {
     if (!file) return;
-    await this.fillFrom(async () => (await api("/api/config/from-yaml", { yaml: await file.text() })).config);
+    await this.fillFrom(async () => {
+      const answer = await api("/api/config/from-yaml", { yaml: await file.text() });
+      // Not a config at all (bad YAML, a list, another file): say so and keep the form as it is.
+      if (!Object.keys(answer.config || {}).length) {
+        const why = (answer.errors || [])[0];
+        throw new Error(`${file.name}: ${why ? why.message : "no config fields in it"}; the form is unchanged`);
+      }
+      return answer.config;
+    });
   }
 
   // The demo's own settings (toy model, its six pictures): Start then runs `tiforge demo`'s training.
