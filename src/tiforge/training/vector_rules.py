@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from tiforge.config.learning_schema import optimizer_weight_decay
+from tiforge.embeddings.vocabulary import NormRange
 from tiforge.training.model_setup import starting_vectors
 
 _TINY = 1e-12  # keeps a zero vector from dividing by zero
@@ -41,8 +42,8 @@ class VocabularyNorms:
 
     @classmethod
     def of_table(cls, table: torch.Tensor) -> "VocabularyNorms":
-        norms = table.detach().float().norm(dim=1)
-        return cls(norms.mean().item(), norms.median().item(), norms.min().item(), norms.max().item())
+        spread = NormRange.of(table)  # the same statistics the report and `inspect` show
+        return cls(spread.mean, spread.median, spread.min, spread.max)
 
 
 @dataclass
