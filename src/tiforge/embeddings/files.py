@@ -87,6 +87,17 @@ class Embedding:
         return self.token if self.format == "diffusers" and self.token else path.stem
 
 
+def _torch_reason(err: Exception) -> str:
+    """The telling line of torch.load's error: for a refused pickle, what it wanted to run (torch's
+    message around it is a page of advice meant for trusted files)."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return first.split(". ")[0].rstrip(".")[:200]
+
+
 def _as_2d(t, where: str) -> np.ndarray:
     if not isinstance(t, np.ndarray):
         raise EmbeddingFileError(f"{where}: expected a tensor, found {type(t).__name__}")
@@ -132,7 +143,7 @@ def _read_pickle(path: Path) -> dict:
     except Exception as err:
         raise EmbeddingFileError(
             f"{path}: refused or unreadable as a torch file; tiforge only loads plain tensors "
-            f"(weights_only=True) and never runs code from a pickle ({type(err).__name__}: {str(err)[:300]})"
+            f"(weights_only=True) and never runs code from a pickle ({type(err).__name__}: {_torch_reason(err)})"
         ) from None
     if not isinstance(data, dict):
         raise EmbeddingFileError(f"{path}: expected a dict of tensors, found {type(data).__name__}")

@@ -115,7 +115,9 @@ def convert_to(root: Path, path: Path, to: str) -> Path:
     if to not in CONTAINER:
         raise ApiError(400, f"to: {to!r}; use diffusers, a1111 or kohya", "to")
     emb = _load(path)
-    target = work_dir(root, "converted") / f"{emb.trigger(path).strip('<>') or 'embedding'}-{to}{CONTAINER[to]}"
+    # AUTOMATIC1111 and kohya take the prompt word from the file name: the download is named by the bare
+    # trigger, nothing added (each conversion has a fresh folder, so layouts never overwrite each other).
+    target = work_dir(root, "converted") / f"{emb.trigger(path).strip('<>') or 'embedding'}{CONTAINER[to]}"
     try:
         return convert(path, target, to, token=emb.token)  # the trained placeholder, where the file records it
     except EmbeddingFileError as err:
