@@ -42,7 +42,8 @@ class JobView {
       log: h("pre", { id: "job-log" }),
       runDir: h("div", { class: "muted" }),
     };
-    const others = jobs.filter((j) => j.id !== id);
+    this.el.others = h("div");
+    this.showOthers(jobs);
     view.append(
       h("div", { class: "row" }, this.el.title, this.el.state, this.el.stop, this.el.resume),
       this.el.runDir, this.el.message,
@@ -51,11 +52,22 @@ class JobView {
       h("div", { class: "side" },
         h("section", { class: "card" }, h("h2", {}, "Newest validation grid"), this.el.grid),
         h("section", { class: "card" }, h("h2", {}, "Log"), this.el.log)),
-      others.length ? h("section", { class: "card" }, h("h2", {}, "Other jobs"), jobTable(others)) : "");
+      this.el.others);
     this.unsubscribe = onEvent((e) => this.hear(e));
     this.onResize = () => this.plot();
     window.addEventListener("resize", this.onResize);
     this.refreshTimer = null;
+  }
+
+  // The other jobs' table follows their state changes (a queued job starting, finishing).
+  showOthers(jobs) {
+    const others = jobs.filter((j) => j.id !== this.id);
+    this.el.others.replaceChildren(...(others.length
+      ? [h("section", { class: "card" }, h("h2", {}, "Other jobs"), jobTable(others))] : []));
+  }
+
+  async refreshOthers() {
+    try { this.showOthers((await api("/api/jobs")).jobs); } catch { /* the next event tries again */ }
   }
 
   close() {
@@ -89,8 +101,12 @@ class JobView {
 
   // Steps update the page at once; anything else (files written, state changes) asks the server.
   hear(e) {
-    if (e.event === "reconnected") { this.soon(0); return; }
-    if (e.job !== this.id || !this.job) return;
+    if (e.event === "reconnected") { this.soon(0); this.refreshOthers(); return; }
+    if (e.job !== this.id) {
+      if (e.job && e.event !== "step" && e.event !== "log") this.refreshOthers();
+      return;
+    }
+    if (!this.job) return;
     if (e.event === "log") {
       this.job.log_tail = (this.job.log_tail || []).concat([e.line]).slice(-50);
       this.el.log.textContent = this.job.log_tail.join("\n");
