@@ -333,10 +333,7 @@ def _load(model: str, hf_variant: str | None, single_file_config: str | None, sd
     if path.is_dir():
         cls = _pipeline_class_of_folder(path)
         if cls is None:
-            raise ModelLoadError(
-                f"model {path}: a folder without model_index.json is not a diffusers model folder. "
-                "Point model at the folder that holds model_index.json, or at a single .safetensors/.ckpt file."
-            )
+            raise _not_a_model_folder(path)
         _check_family(str(path), cls, sdxl)
         # A variant names hub files (e.g. *.fp16.safetensors); local folders are loaded as they are.
         parts = _load_from_pretrained(str(path), None, local_only=True, sdxl=sdxl, bar=bar, dtypes=dtypes)
@@ -351,6 +348,23 @@ def check_hub_id(model: str) -> None:
     """A reference that is no local file or folder must look like a hub id ('owner/name')."""
     if model.count("/") != 1 or model.startswith(("/", ".", "~")):
         raise ModelLoadError(f"model {model}: no such file or folder, and not a hub id of the form 'owner/name'")
+
+
+def check_model_reference(model: str) -> None:
+    """What loading refuses before reading any weights (a folder that is no diffusers folder, a name
+    that is neither a path nor a hub id), checked without loading; the hub itself is not asked."""
+    path = Path(model).expanduser()
+    if path.is_dir() and not (path / "model_index.json").is_file():
+        raise _not_a_model_folder(path)
+    if not path.exists():
+        check_hub_id(model)
+
+
+def _not_a_model_folder(path: Path) -> ModelLoadError:
+    return ModelLoadError(
+        f"model {path}: a folder without model_index.json is not a diffusers model folder. "
+        "Point model at the folder that holds model_index.json, or at a single .safetensors/.ckpt file."
+    )
 
 
 def _load_from_hub(repo_id: str, variant: str | None, sdxl: bool, bar=None, dtypes: dict | None = None) -> SdComponents:

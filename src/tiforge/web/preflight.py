@@ -6,8 +6,6 @@ only local folders are listed - hub models and hub datasets are left to the trai
 
 from __future__ import annotations
 
-from pathlib import Path
-
 LOCAL_DATASETS = ("IMAGE_DIR_DATASET", "IMAGE_CAPTION_DIR_DATASET", "IMAGE_CAPTION_JSONL_DATASET")
 
 
@@ -23,16 +21,10 @@ def _problem(field: str, err: Exception) -> dict:
 
 
 def _model(model: str) -> dict | None:
-    from tiforge.model.loading import ModelLoadError, check_hub_id
+    from tiforge.model.loading import ModelLoadError, check_model_reference
 
-    path = Path(model).expanduser()
-    if path.is_dir() and not (path / "model_index.json").is_file():
-        return {"field": "model", "message": f"model {path}: a folder without model_index.json is not a diffusers "
-                "model folder; pick the folder that holds model_index.json, or a .safetensors/.ckpt file"}
-    if path.exists():
-        return None
     try:
-        check_hub_id(model)
+        check_model_reference(model)
     except ModelLoadError as err:
         return _problem("model", err)
     return None
