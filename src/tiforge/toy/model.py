@@ -10,6 +10,7 @@ tokenizers are added when a model is first used, from the same offline vocabular
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -110,6 +111,11 @@ def save_toy_model(path: Path, vae, unet, text_encoder, scheduler, text_encoder_
     pipe.to(torch.float32)
     for name in ("tokenizer", "tokenizer_2"):
         shutil.rmtree(Path(path) / name, ignore_errors=True)
+    for config in Path(path).glob("*/config.json"):
+        # parts loaded from a folder (a fine-tune) remember its absolute path: not for a shipped model
+        data = json.loads(config.read_text())
+        if data.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def shipped_weights(family: str = "sd") -> Path:
