@@ -17,7 +17,7 @@ from tiforge.embeddings.files import load_embedding
 from tiforge.frontends.cli import main
 from tiforge.model.loading import load_sd_components
 from tiforge.training.lr_schedules import build_lr_scheduler
-from tiforge.training.optimizers import averaged_weights, build_optimizer, with_averaged_weights
+from tiforge.training.optimizers import averaged_weights, build_optimizer, resolve_optimizer, with_averaged_weights
 from tiforge.training.recipe import train
 
 from conftest import base_config
@@ -193,6 +193,17 @@ def test_schedule_free_takes_the_warmup_and_ignores_schedules(caplog):
     _, _, optimizer, rates = steps_of(cfg)
     assert optimizer.param_groups[0]["warmup_steps"] == 4 and rates == [1e-3] * 3  # the group's rate stays
     assert "needs no learning-rate schedule" in caplog.text
+
+
+def test_schedule_free_takes_no_warmup_under_the_constant_schedule():
+    # the diffusers script's line sets lr_warmup_steps=500 with lr_scheduler constant, which never warms up
+    cfg = config(optimizer={"optimizer_type": "AdamWScheduleFree"}, lr_warmup_steps=500, lr_scheduler="constant")
+    resolved = resolve_optimizer(cfg, cfg.learning_rate)
+    assert "warmup_steps" not in resolved.kwargs
+    assert any("constant_with_warmup" in note for note in resolved.notes)
+    warm = config(optimizer={"optimizer_type": "AdamWScheduleFree"}, lr_warmup_steps=500,
+                  lr_scheduler="constant_with_warmup")
+    assert resolve_optimizer(warm, warm.learning_rate).kwargs["warmup_steps"] == 500
 
 
 def test_schedule_free_checkpoints_hold_the_average(tiny_sd1, image_dir, tmp_path):

@@ -118,7 +118,14 @@ def resolve_optimizer(config: TrainingConfig, lr: float) -> ResolvedOptimizer:
         notes.append(f"{name} adapts the step size itself; its learning rate is a multiplier, usually 1.0 "
                      f"(got {lr:g})")
     if name.endswith("ScheduleFree") and config.lr_warmup_steps and "warmup_steps" not in kwargs:
-        kwargs["warmup_steps"] = warmup_steps(config, None)
+        if config.lr_scheduler == "constant":
+            # "constant" has no warm-up (diffusers, transformers and kohya alike), and the diffusers
+            # script's line brings lr_warmup_steps=500 unasked: a warm-up longer than many runs
+            notes.append(f"{name} takes no warm-up from lr_warmup_steps ({config.lr_warmup_steps:g}) under the "
+                         "constant lr_scheduler; for one, set lr_scheduler: constant_with_warmup or "
+                         "optimizer_args warmup_steps=N")
+        else:
+            kwargs["warmup_steps"] = warmup_steps(config, None)
     return ResolvedOptimizer(cls, kwargs, lr, notes)
 
 
