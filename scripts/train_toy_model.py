@@ -42,6 +42,15 @@ from tiforge.toy.world import SIZE, caption, render, sample_scene
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "tiforge" / "assets"
 
 
+def shipped_sd_part(name: str):
+    """One part of the shipped SD twin, in float32 (it is stored in fp16)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    cls = {"vae": AutoencoderKL, "unet": UNet2DConditionModel, "text_encoder": CLIPTextModel}[name]
+    return cls.from_pretrained(shipped_weights("sd"), subfolder=name, torch_dtype=torch.float32)
+
+
 def make_data(n: int, seed: int):
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng) for _ in range(n)]
@@ -183,27 +192,17 @@ def main() -> None:
     if args.family == "sdxl":
         # The twin shares the SD twin's trained VAE (same pictures, same latents) and starts both of
         # its text encoders from the SD twin's; its UNet learns SDXL's conditioning from scratch.
-        from diffusers import AutoencoderKL
-        from transformers import CLIPTextModel
-
-        sd = shipped_weights("sd")
-        vae = AutoencoderKL.from_pretrained(sd, subfolder="vae", torch_dtype=torch.float32)
-        sd_text = CLIPTextModel.from_pretrained(sd, subfolder="text_encoder", torch_dtype=torch.float32)
-        vae, unet, text_encoder, text_encoder_2 = build_toy_sdxl_components(vae, sd_text, seed=args.seed)
+        vae, unet, text_encoder, text_encoder_2 = build_toy_sdxl_components(
+            shipped_sd_part("vae"), shipped_sd_part("text_encoder"), seed=args.seed)
         vae.eval()
         latents = encode_all(vae, pixels) * vae.config.scaling_factor
         encoders = [("clip_l", load_clip_tokenizer(), text_encoder),
                     ("clip_g", load_clip_tokenizer(pad_token="!"), text_encoder_2)]
         prompt_encoder = PromptEncoder(encoders, sdxl=True)
     elif args.fine_tune:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel
-
-        sd = shipped_weights("sd")
-        previous = json.loads((sd / "report.json").read_text())
-        vae = AutoencoderKL.from_pretrained(sd, subfolder="vae", torch_dtype=torch.float32).eval()
-        unet = UNet2DConditionModel.from_pretrained(sd, subfolder="unet", torch_dtype=torch.float32)
-        text_encoder = CLIPTextModel.from_pretrained(sd, subfolder="text_encoder", torch_dtype=torch.float32)
+        previous = json.loads((shipped_weights("sd") / "report.json").read_text())
+        vae, unet, text_encoder = (shipped_sd_part(name) for name in ("vae", "unet", "text_encoder"))
+        vae.eval()
         latents = encode_all(vae, pixels) * vae.config.scaling_factor
         prompt_encoder = PromptEncoder([("text_encoder", load_clip_tokenizer(), text_encoder)], sdxl=False)
     else:

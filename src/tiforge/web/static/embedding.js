@@ -1,6 +1,6 @@
 // Embedding page: upload a file or pick a run's, read `inspect`'s answer, convert it to another
 // tool's layout, and generate pictures with it on a chosen model.
-import { h, api, download, fmt, status, errorBox, pageTitle, modelLabel } from "./ui.js";
+import { h, append, api, download, fmt, status, errorBox, pageTitle, modelLabel } from "./ui.js";
 
 export async function embeddingPage(view, preset) {
   const [{ runs }, { models }] = await Promise.all([api("/api/runs"), api("/api/models").catch(() => ({ models: [] }))]);
@@ -37,7 +37,7 @@ export async function embeddingPage(view, preset) {
   });
   pick.addEventListener("change", () => pick.value && inspect({ path: pick.value, ...(model.value ? { model: model.value } : {}) }));
 
-  view.append(pageTitle("Embedding"),
+  append(view, pageTitle("Embedding"),
     h("section", { class: "card" },
       h("div", { class: "field" }, h("label", { for: "embedding-file" }, "Upload a file"), upload,
         h("div", { class: "help" }, ".safetensors, or a .pt/.bin read without running any code in it")),

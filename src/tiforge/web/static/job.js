@@ -1,6 +1,6 @@
 // Job page: one training, live. The page asks GET /api/jobs/{id} for everything so far, then
 // follows the server-sent events, so a reload or a second tab shows the same thing.
-import { h, api, status, errorBox, fmt, duration, onEvent, pageTitle } from "./ui.js";
+import { h, append, api, status, errorBox, fmt, duration, onEvent, pageTitle } from "./ui.js";
 import { drawChart, legend, runSeries } from "./chart.js";
 
 const LIVE = new Set(["queued", "running", "stopping"]);
@@ -9,14 +9,14 @@ export async function jobPage(view, id) {
   const { jobs } = await api("/api/jobs");
   if (!id) {
     if (!jobs.length) {
-      view.append(pageTitle("Job"), h("p", { class: "muted" }, "No training yet. Start one from the ", h("a", { href: "#/train" }, "Train"), " page."));
+      append(view, pageTitle("Job"), h("p", { class: "muted" }, "No training yet. Start one from the ", h("a", { href: "#/train" }, "Train"), " page."));
       return null;
     }
     const newest = jobs.find((j) => LIVE.has(j.state)) || jobs.at(-1);
     id = newest.id;
   }
   if (!jobs.some((j) => j.id === id)) {
-    view.append(pageTitle(`Job ${id}`), status("bad", `No job ${id} on this server (jobs are kept while it runs).`),
+    append(view, pageTitle(`Job ${id}`), status("bad", `No job ${id} on this server (jobs are kept while it runs).`),
       h("p", {}, "Its run folder, if it got one, is on the ", h("a", { href: "#/runs" }, "Runs"), " page."));
     return null;
   }
@@ -44,7 +44,7 @@ class JobView {
     };
     this.el.others = h("div");
     this.showOthers(jobs);
-    view.append(
+    append(view,
       h("div", { class: "row" }, this.el.title, this.el.state, this.el.stop, this.el.resume),
       this.el.runDir, this.el.message,
       h("section", { class: "card" }, this.el.stats),

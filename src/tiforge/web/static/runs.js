@@ -1,5 +1,5 @@
 // Runs: every run folder under the server's root, one run's details, and two runs side by side.
-import { h, api, fmt, pageTitle, errorBox } from "./ui.js";
+import { h, append, api, fmt, pageTitle, errorBox } from "./ui.js";
 import { drawChart, legend, runSeries } from "./chart.js";
 import { trainWith } from "./train.js";
 
@@ -19,7 +19,7 @@ export async function runsPage(view) {
     if (e.target.checked) picked.add(id); else picked.delete(id);
     compare.disabled = picked.size !== 2;
   };
-  view.append(pageTitle("Runs", compare));
+  append(view, pageTitle("Runs", compare));
   if (!runs.length) {
     view.append(h("p", { class: "muted" }, "No run folders under the server's root yet."));
     return null;
@@ -45,11 +45,11 @@ export async function runPage(view, id) {
   const canvas = h("canvas", { class: "chart", id: "run-chart" });
   const message = h("div");
   const series = runSeries(run.history || []);
-  view.append(
+  append(view,
     pageTitle(run.name || run.id, run.report ? h("a", { class: "button", href: run.report, target: "_blank" }, "Open report.html") : null,
       run.config_yaml ? h("button", { id: "train-again", onclick: () => trainAgain(run.config_yaml, message) }, "Train again with these settings") : null),
     message,
-    run.name && run.name !== run.id ? h("div", { class: "muted" }, run.id) : "",
+    run.name && run.name !== run.id ? h("div", { class: "muted" }, run.id) : null,
     h("section", { class: "card" }, h("dl", { class: "kv" },
       h("dt", {}, "steps"), h("dd", {}, run.steps ?? "-"), h("dt", {}, "final loss"), h("dd", {}, fmt(run.loss)),
       h("dt", {}, "family"), h("dd", {}, run.family || "-"), h("dt", {}, "started"), h("dd", {}, run.started || "-"),
@@ -91,7 +91,7 @@ export async function comparePage(view, a, b) {
   const runs = await Promise.all([a, b].map((id) => api(runUrl(id))));
   const series = runs.flatMap((r, i) => runSeries(r.history || [], r.name || r.id, COLORS[i]));
   const canvas = h("canvas", { class: "chart", id: "compare-chart" });
-  view.append(pageTitle("Compare two runs"),
+  append(view, pageTitle("Compare two runs"),
     h("section", { class: "card" }, h("h2", {}, "Loss and learning rate"), canvas, legend(series)),
     h("div", { class: "side" }, runs.map((r) => h("section", { class: "card" },
       h("h2", {}, h("a", { href: `#/run/${hashId(r.id)}` }, r.name || r.id)),

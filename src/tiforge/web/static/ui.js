@@ -8,6 +8,12 @@ export function h(tag, attrs = {}, ...children) {
     else if (k === "class") el.className = v;
     else el.setAttribute(k, v === true ? "" : v);
   }
+  return append(el, ...children);
+}
+
+// Element.append writes null as the text "null": pages append their parts through this instead,
+// which, like h(), leaves out null, undefined and false (an absent optional part).
+export function append(el, ...children) {
   for (const c of children.flat(Infinity)) {
     if (c !== null && c !== undefined && c !== false) el.append(c instanceof Node ? c : String(c));
   }
